@@ -1,0 +1,167 @@
+"""One cycle's bookkeeping: what the start step plans and what the join step concludes.
+
+The flow's steps call these functions and store what they return; nothing here touches
+Metaflow except through the Client API in `factory_lib.history`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from factory_lib.data import DataSummary, Preprocessing, describe_data
+from factory_lib.history import CycleState, append, check_extends, latest_cycle
+from factory_lib.objective import Objective
+from factory_lib.propose import OptunaProposer, seen_by_proposers
+from factory_lib.records import Proposal, TrialRecord, TrialResult
+from factory_lib.registry import Champion, ModelPackage, PromotionDecision, decide
+from factory_lib.reward import score
+
+
+class BudgetSpent(RuntimeError):
+    """The objective's budget allows no more cycles."""
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    """Everything a cycle starts from: the effective objective and what earlier cycles left."""
+
+    objective: Objective
+    cycle: int
+    data: DataSummary
+    preprocessing: Preprocessing | None
+    previous: CycleState | None
+
+    @property
+    def history(self) -> tuple[TrialRecord, ...]:
+        return self.previous.history if self.previous else ()
+
+    @property
+    def champion(self) -> Champion | None:
+        return self.previous.champion if self.previous else None
+
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    """What the join concludes: the new history, the promotion decision and the champion."""
+
+    cycle: int
+    records: tuple[TrialRecord, ...]
+    history: tuple[TrialRecord, ...]
+    decision: PromotionDecision
+    champion: Champion | None
+    champion_package: ModelPackage | None
+    stale_cycles: int
+    best_val_reward: float | None
+
+    def summary_line(self) -> str:
+        counts: dict[str, int] = {}
+        for r in self.records:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        best = f"{self.best_val_reward:.4f}" if self.best_val_reward is not None else "none"
+        champ = (
+            f"{self.champion.trial_id} (test {self.champion.metric} {self.champion.test_value:.4f})"
+            if self.champion
+            else "none"
+        )
+        return (
+            f"cycle {self.cycle}: {len(self.records)} trials ({status}); best val reward {best}; "
+            f"{self.decision.status}; champion {champ}"
+        )
+
+
+def plan_cycle(
+    objective: Objective, flow_name: str, run_id: str | None, fresh: bool = False
+) -> CyclePlan:
+    """Find the previous cycle (unless `fresh`), check the budget and describe the data."""
+    previous = None if fresh else latest_cycle(flow_name, objective.name, exclude_run=run_id)
+    cycle = previous.cycle + 1 if previous else 1
+    if cycle > objective.budget.max_cycles:
+        raise BudgetSpent(
+            f"objective {objective.name!r} has run {cycle - 1} cycles of its budget.max_cycles="
+            f"{objective.budget.max_cycles}: raise the budget or start with --fresh"
+        )
+    data, preprocessing = describe_data(objective)
+    return CyclePlan(
+        objective=objective, cycle=cycle, data=data, preprocessing=preprocessing, previous=previous
+    )
+
+
+def propose_cycle(plan: CyclePlan) -> list[Proposal]:
+    """The cycle's proposals, from what the proposers may see of history."""
+    seen = seen_by_proposers(plan.objective, plan.history)
+    proposer = OptunaProposer(plan.objective)
+    n = plan.objective.budget.trials_per_cycle
+    return proposer.propose(plan.objective, seen, n, plan.cycle, first_number=len(plan.history))
+
+
+def group_trials(proposals: Sequence[Proposal], size: int) -> list[tuple[Proposal, ...]]:
+    """Split proposals into foreach groups of at most `size` trials each."""
+    return [tuple(proposals[i : i + size]) for i in range(0, len(proposals), size)]
+
+
+def results_from_task(
+    group: Sequence[Proposal], results: Sequence[TrialResult] | None, error: Any
+) -> list[TrialResult]:
+    """A train task's results; if the task itself failed, a record for each of its trials."""
+    if results is not None and error is None:
+        return list(results)
+    done = {r.proposal.trial_id: r for r in results or ()}
+    kind = getattr(error, "type", type(error).__name__)
+    status = "timeout" if "Timeout" in str(kind) else "failed"
+    cause = f"train task failed: {kind}: {getattr(error, 'exception', error)}"[:500]
+    return [
+        done.get(p.trial_id) or TrialResult(proposal=p, status=status, cause=cause) for p in group
+    ]
+
+
+def close_cycle(
+    plan: CyclePlan, results: Iterable[TrialResult], weights: Callable[[str], bytes]
+) -> CycleOutcome:
+    """Score the results, extend history, run the promotion gate and package a new champion."""
+    objective = plan.objective
+    records = tuple(score(objective, r) for r in sorted(results, key=lambda r: r.proposal.number))
+    history = append(plan.history, records)
+    check_extends(plan.history, history)
+    decision, champion = decide(objective, plan.champion, records)
+    package = plan.previous.champion_package if plan.previous else None
+    if decision.status == "promoted" and champion is not None:
+        package = package_of(plan, champion.record, weights)
+    best_before = max(
+        (r.val_reward for r in plan.history if r.eligible and r.val_reward is not None),
+        default=None,
+    )
+    best_now = max(
+        (r.val_reward for r in history if r.eligible and r.val_reward is not None), default=None
+    )
+    improved = best_now is not None and (best_before is None or best_now > best_before)
+    stale = 0 if improved else (plan.previous.stale_cycles + 1 if plan.previous else 1)
+    return CycleOutcome(
+        cycle=plan.cycle,
+        records=records,
+        history=history,
+        decision=decision,
+        champion=champion,
+        champion_package=package,
+        stale_cycles=stale,
+        best_val_reward=best_now,
+    )
+
+
+def package_of(
+    plan: CyclePlan, record: TrialRecord, weights: Callable[[str], bytes]
+) -> ModelPackage:
+    sha = record.result.weights_sha
+    assert sha is not None, "an eligible trial always has weights"
+    return ModelPackage(
+        objective=plan.objective,
+        params=record.proposal.params,
+        input_shape=plan.data.input_shape,
+        n_outputs=plan.data.n_outputs,
+        preprocessing=plan.preprocessing,
+        weights=weights(sha),
+        weights_sha=sha,
+        trial_id=record.trial_id,
+    )

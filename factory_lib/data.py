@@ -1,0 +1,166 @@
+"""Data: deterministic train/validation/test splits, preprocessing fitted on train only.
+
+This module needs only numpy and scikit-learn, so steps that just describe the data (start,
+join) stay light; the Lightning side lives in `factory_lib.datamodule`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from factory_lib.objective import IMAGE_DATASETS, DataSpec, Objective
+
+SPLITS = ("train", "val", "test")
+_STD_FLOOR = 1e-6
+
+
+class Preprocessing(BaseModel):
+    """Standardisation fitted on the training split; applied the same way at predict time."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    x_mean: list[float]
+    x_std: list[float]
+    y_mean: float = 0.0
+    y_std: float = 1.0
+    input_shape: tuple[int, ...]
+
+    def transform_x(self, x: np.ndarray) -> np.ndarray:
+        flat = x.reshape(len(x), -1).astype(np.float32)
+        out = (flat - np.asarray(self.x_mean, np.float32)) / np.asarray(self.x_std, np.float32)
+        return out.reshape((len(x), *self.input_shape))
+
+    def transform_y(self, y: np.ndarray) -> np.ndarray:
+        return ((y - self.y_mean) / self.y_std).astype(np.float32)
+
+    def inverse_y(self, y: np.ndarray) -> np.ndarray:
+        return y * self.y_std + self.y_mean
+
+
+class DataSummary(BaseModel):
+    """What proposers and records may know about the data: shapes, sizes and fingerprints."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    task: str
+    input_shape: tuple[int, ...]
+    n_outputs: int
+    sizes: dict[str, int]
+    fingerprint: str
+    split_fingerprints: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three splits: raw features, preprocessed features (float32) and targets.
+
+    Targets are class indices (int64) for classification and standardised values (float32)
+    for regression; `raw_y` keeps them in their own units.
+    """
+
+    raw_x: dict[str, np.ndarray]
+    raw_y: dict[str, np.ndarray]
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    preprocessing: Preprocessing
+    summary: DataSummary
+
+
+def fingerprint_arrays(*arrays: np.ndarray) -> str:
+    """A short content hash of arrays (shape and bytes)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_bundled(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    from sklearn import datasets
+
+    loader = getattr(datasets, f"load_{name}")
+    bunch = loader()
+    x = np.asarray(bunch.data, dtype=np.float32)
+    y = np.asarray(bunch.target)
+    shape: tuple[int, ...] = (1, 8, 8) if name in IMAGE_DATASETS else (x.shape[1],)
+    return x, y, shape
+
+
+def load_splits(spec: DataSpec, task: str) -> Splits:
+    """Load a bundled data set and split it deterministically by `spec.seed`."""
+    from sklearn.model_selection import train_test_split
+
+    if spec.dataset is None:
+        raise ValueError("load_splits reads bundled data sets; user modules go through datamodule")
+    x, y, shape = _load_bundled(spec.dataset)
+    stratify = y if task == "classification" else None
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=spec.test_fraction, random_state=spec.seed, stratify=stratify
+    )
+    val_share = spec.val_fraction / (1.0 - spec.test_fraction)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest,
+        y_rest,
+        test_size=val_share,
+        random_state=spec.seed,
+        stratify=y_rest if task == "classification" else None,
+    )
+    flat_train = x_train.reshape(len(x_train), -1)
+    y_mean, y_std = (
+        (float(y_train.mean()), float(y_train.std())) if task == "regression" else (0.0, 1.0)
+    )
+    prep = Preprocessing(
+        x_mean=flat_train.mean(axis=0).tolist(),
+        x_std=np.maximum(flat_train.std(axis=0), _STD_FLOOR).tolist(),
+        y_mean=y_mean,
+        y_std=y_std,
+        input_shape=shape,
+    )
+    raw = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+    xs = {k: prep.transform_x(v[0]) for k, v in raw.items()}
+    if task == "classification":
+        ys = {k: v[1].astype(np.int64) for k, v in raw.items()}
+        n_outputs = int(y.max()) + 1
+    else:
+        ys = {k: prep.transform_y(v[1].astype(np.float32)) for k, v in raw.items()}
+        n_outputs = 1
+    split_fps = {k: fingerprint_arrays(raw[k][0], raw[k][1]) for k in SPLITS}
+    summary = DataSummary(
+        name=spec.dataset,
+        task=task,
+        input_shape=shape,
+        n_outputs=n_outputs,
+        sizes={k: len(v) for k, v in ys.items()},
+        fingerprint=fingerprint_arrays(
+            *(np.frombuffer(fp.encode(), np.uint8) for fp in split_fps.values())
+        ),
+        split_fingerprints=split_fps,
+    )
+    return Splits(
+        raw_x={k: v[0] for k, v in raw.items()},
+        raw_y={k: v[1] for k, v in raw.items()},
+        x=xs,
+        y=ys,
+        preprocessing=prep,
+        summary=summary,
+    )
+
+
+def describe_data(objective: Objective) -> tuple[DataSummary, Preprocessing | None]:
+    """Shapes, sizes and fingerprints of the objective's data, and its fitted preprocessing.
+
+    Bundled sets need only numpy and scikit-learn; a user module is built (which imports
+    Lightning) and fails here, before any trial, if it is unusable.
+    """
+    if objective.data.module is None:
+        splits = load_splits(objective.data, objective.task)
+        return splits.summary, splits.preprocessing
+    from factory_lib.datamodule import build_trial_data
+
+    trial_data = build_trial_data(objective)
+    return trial_data.summary, trial_data.preprocessing

@@ -1,0 +1,97 @@
+"""The sealed evaluator: the one place that scores a trained model.
+
+Proposers never call this and cannot change it. It scores the validation split (which the
+search may see) and the held-out test split (which it never sees), and measures the model's
+cost: parameter count and inference latency per sample.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score, r2_score
+from torch import nn
+
+from factory_lib.data import Preprocessing
+from factory_lib.models import count_params
+from factory_lib.records import Evaluation
+
+LATENCY_REPEATS = 7
+LATENCY_BATCH = 256
+
+
+def quality_metrics(
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    task: str,
+    names: tuple[str, ...],
+    preprocessing: Preprocessing | None,
+) -> dict[str, float]:
+    """Task metrics from raw model outputs; regression is scored in the target's own units."""
+    out = outputs.detach().float().cpu().numpy()
+    y = targets.detach().cpu().numpy()
+    if task == "classification":
+        pred = out.argmax(axis=1)
+        values = {
+            "accuracy": float((pred == y).mean()),
+            "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        }
+    else:
+        pred = out.reshape(-1)
+        if preprocessing is not None:
+            pred, y = preprocessing.inverse_y(pred), preprocessing.inverse_y(y)
+        finite = bool(np.isfinite(pred).all())
+        values = {
+            "rmse": float(np.sqrt(np.mean((pred - y) ** 2))) if finite else float("nan"),
+            "r2": float(r2_score(y, pred)) if finite else float("nan"),
+        }
+    return {k: values[k] for k in names}
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return torch.cat([model(x[i : i + 1024].to(device)).cpu() for i in range(0, len(x), 1024)])
+
+
+@torch.no_grad()
+def latency_ms_per_sample(model: nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    """Median over repeats of one batch's inference time, divided by the batch size."""
+    batch = x[:LATENCY_BATCH].to(device)
+    model(batch)  # warm-up
+    times = []
+    for _ in range(LATENCY_REPEATS):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times) / len(batch)
+
+
+def evaluate(
+    model: nn.Module,
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    task: str,
+    metric_names: tuple[str, ...],
+    preprocessing: Preprocessing | None,
+    train_seconds: float,
+) -> Evaluation:
+    """Score a trained model on the validation and held-out test splits."""
+    model.eval()
+    device = next(model.parameters()).device
+    scores = {
+        split: quality_metrics(_predict(model, x, device), y, task, metric_names, preprocessing)
+        for split, (x, y) in eval_sets.items()
+    }
+    return Evaluation(
+        val=scores["val"],
+        test=scores["test"],
+        params=count_params(model),
+        latency_ms=latency_ms_per_sample(model, eval_sets["test"][0], device),
+        train_seconds=train_seconds,
+    )

@@ -1,0 +1,99 @@
+"""History: the append-only record of a search, read back through the Metaflow Client API.
+
+Each successful cycle's end step holds the whole history so far; the next cycle starts from
+the latest successful run tagged `objective:<name>`. The datastore is the source of truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from factory_lib.records import TrialRecord
+from factory_lib.registry import Champion, ModelPackage
+
+OBJECTIVE_TAG = "objective:{}"
+
+
+class HistoryRewriteError(RuntimeError):
+    """A cycle tried to change or drop records an earlier cycle wrote."""
+
+
+@dataclass(frozen=True)
+class CycleState:
+    """What one cycle hands to the next."""
+
+    run_pathspec: str
+    cycle: int
+    history: tuple[TrialRecord, ...]
+    champion: Champion | None
+    champion_package: ModelPackage | None
+    stale_cycles: int
+
+
+def objective_tag(name: str) -> str:
+    return OBJECTIVE_TAG.format(name)
+
+
+def append(previous: Sequence[TrialRecord], new: Sequence[TrialRecord]) -> tuple[TrialRecord, ...]:
+    """previous + new, refusing a trial id that history already holds."""
+    known = {r.trial_id for r in previous}
+    clash = [r.trial_id for r in new if r.trial_id in known]
+    if clash:
+        raise HistoryRewriteError(f"trial ids already in history: {clash}")
+    return (*previous, *new)
+
+
+def check_extends(previous: Sequence[TrialRecord], current: Sequence[TrialRecord]) -> None:
+    """Raise unless `current` starts with every record of `previous`, unchanged."""
+    if len(current) < len(previous) or any(a != b for a, b in zip(previous, current, strict=False)):
+        raise HistoryRewriteError("history would lose or change records an earlier cycle wrote")
+
+
+@contextmanager
+def _all_namespaces() -> Iterator[None]:
+    """Cycles run by a scheduler or a colleague belong to one search: look in every namespace."""
+    from metaflow.client.core import get_namespace, namespace
+
+    before = get_namespace()
+    namespace(None)
+    try:
+        yield
+    finally:
+        namespace(before)
+
+
+def cycle_runs(flow_name: str, objective_name: str) -> list[Any]:
+    """The successful cycles of an objective, newest first (metaflow.Run objects)."""
+    from metaflow.client.core import Flow
+    from metaflow.exception import MetaflowNotFound
+
+    with _all_namespaces():
+        try:
+            runs = list(Flow(flow_name).runs(objective_tag(objective_name)))  # type: ignore[no-untyped-call]
+        except MetaflowNotFound:
+            return []
+        done = [r for r in runs if r.successful]
+    return sorted(done, key=lambda r: r.created_at, reverse=True)
+
+
+def latest_cycle(
+    flow_name: str, objective_name: str, exclude_run: str | None = None
+) -> CycleState | None:
+    """The state left by the latest successful cycle of this objective, if any."""
+    for run in cycle_runs(flow_name, objective_name):
+        if run.id == exclude_run:
+            continue
+        with _all_namespaces():
+            data = run["end"].task.data
+            return CycleState(
+                run_pathspec=run.pathspec,
+                cycle=data.cycle,
+                history=tuple(data.history),
+                champion=data.champion,
+                champion_package=data.champion_package,
+                stale_cycles=data.stale_cycles,
+            )
+    return None

@@ -1,0 +1,399 @@
+"""The objective: what a search optimises, read from YAML into a strict schema.
+
+A typo in an objective file is an error that names the file and the field before anything
+runs. Everything downstream (data, models, proposers, reward, promotion) reads the typed
+`Objective`, never the raw YAML.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BUNDLED_DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "iris")
+IMAGE_DATASETS = ("digits",)
+REGRESSION_DATASETS = ("diabetes",)
+FAMILIES = ("mlp", "cnn")
+
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
+REGRESSION_METRICS = ("rmse", "r2")
+COST_METRICS = ("params", "latency_ms", "train_seconds")
+# The direction of every metric the evaluator produces: "better" is never just "larger".
+METRIC_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
+    "accuracy": "maximize",
+    "macro_f1": "maximize",
+    "rmse": "minimize",
+    "r2": "maximize",
+    "params": "minimize",
+    "latency_ms": "minimize",
+    "train_seconds": "minimize",
+}
+SAMPLERS = ("tpe", "random", "cmaes", "gp")
+_CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|<|>=|>)\s*([-+0-9.eE]+)\s*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class ObjectiveError(ValueError):
+    """An objective file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Param(_Strict):
+    when: dict[str, str | int | float | bool] | None = Field(
+        default=None,
+        description="Sample this parameter only when the named ones have these values.",
+    )
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatParam:
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        return self
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _range(self) -> IntParam:
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        return self
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: tuple[str | int | float | bool, ...] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, v: tuple[Any, ...]) -> tuple[Any, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"choices repeat a value: {list(v)}")
+        return v
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class DataSpec(_Strict):
+    """A bundled scikit-learn data set, or the user's LightningDataModule by import path."""
+
+    dataset: Literal["digits", "wine", "breast_cancer", "diabetes", "iris"] | None = None
+    module: str | None = Field(default=None, description="'package.module:DataModuleClass'")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    seed: int = 0
+    batch_size: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.dataset is None) == (self.module is None):
+            raise ValueError("give exactly one of 'dataset' (bundled) or 'module' (import path)")
+        if self.module is not None and not _IMPORT_PATH.match(self.module):
+            raise ValueError(
+                f"module must look like 'package.module:ClassName', got {self.module!r}"
+            )
+        if self.kwargs and self.module is None:
+            raise ValueError("'kwargs' are passed to a user 'module'; bundled data sets take none")
+        return self
+
+
+class ModelSpec(_Strict):
+    """The model families the search may use, or a user builder by import path."""
+
+    families: tuple[Literal["mlp", "cnn"], ...] = ("mlp",)
+    builder: str | None = Field(
+        default=None, description="'package.module:function(params, input_shape, n_outputs)'"
+    )
+
+    @model_validator(mode="after")
+    def _builder_path(self) -> ModelSpec:
+        if self.builder is not None and not _IMPORT_PATH.match(self.builder):
+            raise ValueError(
+                f"builder must look like 'package.module:function', got {self.builder!r}"
+            )
+        if not self.families:
+            raise ValueError("families needs at least one of " + ", ".join(FAMILIES))
+        return self
+
+
+class Constraint(_Strict):
+    metric: str
+    op: Literal["<=", "<", ">=", ">"]
+    bound: float
+
+    def holds(self, value: float) -> bool:
+        return {
+            "<=": value <= self.bound,
+            "<": value < self.bound,
+            ">=": value >= self.bound,
+            ">": value > self.bound,
+        }[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+class RewardSpec(_Strict):
+    """reward = ±metric + Σ weight·(±value), signs from each metric's direction."""
+
+    metric: str
+    direction: Literal["maximize", "minimize"] | None = None
+    weights: dict[str, float] = Field(default_factory=dict)
+    constraints: tuple[Constraint, ...] = ()
+
+    @field_validator("constraints", mode="before")
+    @classmethod
+    def _parse_constraints(cls, v: Any) -> Any:
+        if not isinstance(v, list | tuple):
+            return v
+        parsed = []
+        for item in v:
+            if isinstance(item, str):
+                m = _CONSTRAINT.match(item)
+                if m is None:
+                    raise ValueError(f"constraint {item!r} is not '<metric> <op> <number>'")
+                parsed.append({"metric": m[1], "op": m[2], "bound": float(m[3])})
+            else:
+                parsed.append(item)
+        return parsed
+
+    @property
+    def resolved_direction(self) -> Literal["maximize", "minimize"]:
+        return self.direction or METRIC_DIRECTIONS[self.metric]
+
+
+class BudgetSpec(_Strict):
+    trials_per_cycle: int = Field(default=8, ge=1, le=512)
+    max_epochs: int = Field(default=30, ge=1)
+    early_stopping_patience: int = Field(default=5, ge=1)
+    trial_timeout_s: float = Field(default=600.0, gt=0)
+    max_cycles: int = Field(default=20, ge=1)
+    patience: int = Field(
+        default=3, ge=1, description="cycles without improvement before a loop stops"
+    )
+    group_size: int = Field(default=1, ge=1, description="trials per foreach task")
+
+
+class PromotionSpec(_Strict):
+    metric: str | None = Field(default=None, description="held-out metric; default: the reward's")
+    min_improvement: float = Field(default=0.0, ge=0)
+
+
+class ProposersSpec(_Strict):
+    sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
+    seed: int = 0
+    enqueue: tuple[dict[str, Any], ...] = Field(
+        default=(), description="configurations to try first (e.g. a known baseline)"
+    )
+
+
+class ResourcesSpec(_Strict):
+    gpu: int = Field(default=1, ge=0)
+    cpu: int = Field(default=1, ge=1)
+    memory_mb: int = Field(default=4096, ge=256)
+
+
+class Objective(_Strict):
+    name: str
+    task: Literal["classification", "regression"]
+    data: DataSpec
+    model: ModelSpec = ModelSpec()
+    search_space: dict[str, Param]
+    fixed: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    metrics: tuple[str, ...] = ()
+    reward: RewardSpec
+    budget: BudgetSpec = BudgetSpec()
+    promotion: PromotionSpec = PromotionSpec()
+    proposers: ProposersSpec = ProposersSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("use lower-case letters, digits, '-' and '_' (it becomes a run tag)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Objective:
+        if self.data.dataset in REGRESSION_DATASETS and self.task != "regression":
+            raise ValueError(f"data.dataset {self.data.dataset!r} is a regression data set")
+        if (
+            self.data.dataset
+            and self.data.dataset not in REGRESSION_DATASETS
+            and self.task != "classification"
+        ):
+            raise ValueError(f"data.dataset {self.data.dataset!r} is a classification data set")
+        task_metrics = _task_metrics(self.task)
+        for m in self.metrics:
+            if m not in task_metrics:
+                raise ValueError(
+                    f"metrics: {m!r} is not a {self.task} metric ({', '.join(task_metrics)})"
+                )
+        known = (*self.metric_names, *COST_METRICS)
+        for where, name in [
+            ("reward.metric", self.reward.metric),
+            *((f"reward.weights.{m}", m) for m in self.reward.weights),
+            *((f"reward.constraints ({c})", c.metric) for c in self.reward.constraints),
+            ("promotion.metric", self.promotion.metric or self.reward.metric),
+        ]:
+            if name not in known:
+                raise ValueError(f"{where}: unknown metric {name!r}; known: {', '.join(known)}")
+        if (
+            "cnn" in self.model.families
+            and self.data.dataset
+            and self.data.dataset not in IMAGE_DATASETS
+        ):
+            raise ValueError(
+                f"model.families: 'cnn' needs image-shaped data; {self.data.dataset!r} is tabular"
+            )
+        self._check_space()
+        return self
+
+    def _check_space(self) -> None:
+        if not self.search_space:
+            raise ValueError("search_space: needs at least one parameter")
+        seen: list[str] = []
+        for name, p in self.search_space.items():
+            if name in self.fixed:
+                raise ValueError(f"search_space.{name}: also given in 'fixed'")
+            for dep, value in (p.when or {}).items():
+                if dep not in seen:
+                    raise ValueError(
+                        f"search_space.{name}.when: {dep!r} must be a parameter listed before it"
+                    )
+                dep_param = self.search_space[dep]
+                if isinstance(dep_param, CategoricalParam) and value not in dep_param.choices:
+                    raise ValueError(
+                        f"search_space.{name}.when: {value!r} is not a choice of {dep!r}"
+                    )
+            seen.append(name)
+        family = self.search_space.get("family")
+        several = len(self.model.families) > 1 and self.model.builder is None
+        if several and (
+            not isinstance(family, CategoricalParam)
+            or set(family.choices) != set(self.model.families)
+        ):
+            raise ValueError(
+                "search_space.family: with several model.families, add "
+                "'family: {type: categorical, choices: [...]}' listing exactly those families"
+            )
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The quality metrics evaluated on each split (the task's defaults when none are named)."""
+        return self.metrics or _task_metrics(self.task)
+
+    @property
+    def primary_direction(self) -> Literal["maximize", "minimize"]:
+        return self.reward.resolved_direction
+
+    @property
+    def promotion_metric(self) -> str:
+        return self.promotion.metric or self.reward.metric
+
+    def with_overrides(self, trials: int = 0, epochs: int = 0) -> Objective:
+        """The same objective with the budget overridden by flow parameters (0 keeps it)."""
+        budget = self.budget.model_copy(
+            update={
+                k: v
+                for k, v in (("trials_per_cycle", trials), ("max_epochs", epochs))
+                if v and v > 0
+            }
+        )
+        return self.model_copy(update={"budget": budget})
+
+
+def _task_metrics(task: str) -> tuple[str, ...]:
+    return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = [f"invalid objective {source}:"]
+    for e in err.errors():
+        parts = [str(p) for p in e["loc"]]
+        # Drop the union tag pydantic adds after a search-space parameter ("lr.float.low").
+        if (
+            len(parts) > 2
+            and parts[0] == "search_space"
+            and parts[2] in ("float", "int", "categorical")
+        ):
+            del parts[2]
+        loc = ".".join(parts)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
+    return "\n".join(lines)
+
+
+def parse_objective(text: str, source: str = "<objective>") -> Objective:
+    """Parse and validate objective YAML; raise ObjectiveError naming `source` and the field."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ObjectiveError(f"invalid objective {source}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ObjectiveError(f"invalid objective {source}: expected a mapping at the top level")
+    try:
+        return Objective.model_validate(raw)
+    except ValidationError as exc:
+        raise ObjectiveError(_format_error(source, exc)) from exc
+
+
+def check_user_code(objective: Objective, source: str) -> None:
+    """Import the user code an objective names, so a bad path fails before anything runs."""
+    from factory_lib.imports import ImportPathError, resolve
+
+    for field, path in (
+        ("data.module", objective.data.module),
+        ("model.builder", objective.model.builder),
+    ):
+        if path is not None:
+            try:
+                resolve(path, field)
+            except ImportPathError as exc:
+                raise ObjectiveError(f"invalid objective {source}:\n  {exc}") from exc
+
+
+def load_objective(path: str | Path) -> Objective:
+    """Read an objective file; a missing file or a bad field raises ObjectiveError."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ObjectiveError(f"cannot read objective {p}: {exc.strerror}") from exc
+    return parse_objective(text, str(p))
+
+
+def objective_path(name_or_path: str, root: Path | None = None) -> Path:
+    """`digits` → objectives/digits.yaml; a path is returned as is."""
+    if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        return Path(name_or_path)
+    return (root or Path.cwd()) / "objectives" / f"{name_or_path}.yaml"

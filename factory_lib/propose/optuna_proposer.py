@@ -1,0 +1,166 @@
+"""The Optuna proposer: a study rebuilt every cycle from history, asked for a batch.
+
+The datastore is the single source of truth: no Optuna database persists between cycles.
+Every earlier trial is told to a fresh in-memory study (complete with its validation reward,
+failed, or pruned with its curve), then the sampler is asked for the cycle's proposals.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import FrozenTrial, TrialState
+
+from factory_lib.objective import CategoricalParam, FloatParam, IntParam, Objective
+from factory_lib.propose.base import SeenTrial, make_proposal
+from factory_lib.records import Proposal, params_key
+
+MAX_ASKS_PER_SLOT = 30
+_STATES = {"ok": TrialState.COMPLETE, "pruned": TrialState.PRUNED}
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def distributions(objective: Objective) -> dict[str, BaseDistribution]:
+    dists: dict[str, BaseDistribution] = {}
+    for name, p in objective.search_space.items():
+        if isinstance(p, FloatParam):
+            dists[name] = FloatDistribution(p.low, p.high, log=p.log)
+        elif isinstance(p, IntParam):
+            dists[name] = IntDistribution(p.low, p.high, log=p.log, step=p.step)
+        else:
+            dists[name] = CategoricalDistribution(p.choices)
+    return dists
+
+
+def active(objective: Objective, params: dict[str, Any]) -> list[str]:
+    """The search-space parameters that apply, given the values of those they depend on."""
+    names = []
+    for name, p in objective.search_space.items():
+        if all(params.get(dep) == value for dep, value in (p.when or {}).items()):
+            names.append(name)
+    return names
+
+
+def make_sampler(objective: Objective, seed: int) -> optuna.samplers.BaseSampler:
+    """The objective's sampler; TPE and GP read each trial's constraints (Optuna ≥ 5)."""
+    kind = objective.proposers.sampler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if kind == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if kind == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if kind == "gp":
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=8)
+
+
+def _frozen(
+    objective: Objective, dists: dict[str, BaseDistribution], t: SeenTrial
+) -> FrozenTrial | None:
+    """A history trial as Optuna knows it; None if it no longer fits the search space."""
+    names = [n for n in active(objective, t.params) if n in t.params]
+    state = _STATES.get(t.status, TrialState.FAIL)
+    try:
+        return optuna.trial.create_trial(
+            state=state,
+            value=t.val_reward if state == TrialState.COMPLETE else None,
+            params={n: t.params[n] for n in names},
+            distributions={n: dists[n] for n in names},
+            intermediate_values=dict(enumerate(t.curve)) if state == TrialState.PRUNED else None,
+            constraints={str(i): v for i, v in enumerate(t.constraint_excess)} or None,
+            user_attrs={"trial_id": t.trial_id},
+        )
+    except ValueError:
+        return None
+
+
+def build_study(objective: Objective, seen: Sequence[SeenTrial], seed: int) -> optuna.Study:
+    """A fresh in-memory study that has been told every trial of history."""
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(objective, seed))
+    dists = distributions(objective)
+    for t in seen:
+        frozen = _frozen(objective, dists, t)
+        if frozen is not None and not (t.status == "ok" and t.val_reward is None):
+            study.add_trial(frozen)
+    return study
+
+
+def _suggest(objective: Objective, trial: optuna.Trial) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, p in objective.search_space.items():
+        if not all(params.get(dep) == value for dep, value in (p.when or {}).items()):
+            continue
+        if isinstance(p, FloatParam):
+            params[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+        elif isinstance(p, IntParam):
+            params[name] = trial.suggest_int(name, p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, CategoricalParam):
+            params[name] = trial.suggest_categorical(name, list(p.choices))
+    return params
+
+
+class OptunaProposer:
+    """Asks a history-rebuilt study for a batch of distinct, untried proposals."""
+
+    def __init__(self, objective: Objective) -> None:
+        self.name = f"optuna:{objective.proposers.sampler}"
+
+    def propose(
+        self, objective: Objective, seen: Sequence[SeenTrial], n: int, cycle: int, first_number: int
+    ) -> list[Proposal]:
+        study = build_study(objective, seen, seed=objective.proposers.seed * 7919 + cycle)
+        values = {t.key: t.val_reward for t in seen}
+        tried = {t.key for t in seen}
+        queued = [
+            dict(c)
+            for c in objective.proposers.enqueue
+            if params_key({**c, **objective.fixed}) not in tried
+        ]
+        for config in queued:
+            study.enqueue_trial(config)
+        proposals: list[Proposal] = []
+        for _ in range(n):
+            for _attempt in range(MAX_ASKS_PER_SLOT):
+                trial = study.ask()
+                params = _suggest(objective, trial)
+                key = params_key({**params, **objective.fixed})
+                if key not in tried:
+                    break
+                # A repeat: tell it what that configuration already scored, and ask again.
+                known = values.get(key)
+                study.tell(
+                    trial,
+                    known,
+                    state=TrialState.COMPLETE if known is not None else TrialState.FAIL,
+                )
+            else:
+                break  # the space is exhausted around here; propose fewer rather than repeat
+            tried.add(key)
+            rationale = (
+                "enqueued by the objective (proposers.enqueue)"
+                if len(proposals) < len(queued)
+                else f"{self.name} sample after {len(study.trials) - 1} told or pending trials"
+            )
+            proposals.append(
+                make_proposal(
+                    objective,
+                    cycle,
+                    first_number + len(proposals),
+                    len(proposals),
+                    params,
+                    self.name,
+                    rationale,
+                )
+            )
+        return proposals

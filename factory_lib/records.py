@@ -1,0 +1,107 @@
+"""The small typed values the stages exchange: proposals, evaluations, trial records.
+
+Pydantic only (no torch, no Metaflow), so any step can read them cheaply and a notebook can
+load them from artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+TrialStatus = Literal["ok", "failed", "diverged", "timeout", "pruned"]
+TRIAL_STATUSES: tuple[TrialStatus, ...] = ("ok", "failed", "diverged", "timeout", "pruned")
+SPLIT_FREE_METRICS = ("params", "latency_ms", "train_seconds")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def params_key(params: dict[str, Any]) -> str:
+    """A canonical string for a parameter set: equal parameters, equal keys."""
+    normal = {k: round(v, 10) if isinstance(v, float) else v for k, v in sorted(params.items())}
+    return json.dumps(normal, sort_keys=True)
+
+
+class Proposal(_Frozen):
+    """One experiment to run: parameters, where they came from, and why."""
+
+    trial_id: str
+    number: int
+    cycle: int
+    params: dict[str, Any]
+    source: str
+    rationale: str = ""
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return params_key(self.params)
+
+
+class Evaluation(_Frozen):
+    """The sealed evaluator's verdict: quality per split, and the cost and shape of the model."""
+
+    val: dict[str, float]
+    test: dict[str, float]
+    params: int
+    latency_ms: float
+    train_seconds: float
+
+    def metrics(self, split: Literal["val", "test"]) -> dict[str, float]:
+        """Quality metrics of one split together with the split-free cost metrics."""
+        quality = self.val if split == "val" else self.test
+        return {
+            **quality,
+            "params": float(self.params),
+            "latency_ms": self.latency_ms,
+            "train_seconds": self.train_seconds,
+        }
+
+
+class TrialResult(_Frozen):
+    """What a train task reports for one proposal, whatever happened."""
+
+    proposal: Proposal
+    status: TrialStatus
+    cause: str = ""
+    evaluation: Evaluation | None = None
+    curve: tuple[float, ...] = ()
+    epochs: int = 0
+    weights_sha: str | None = None
+    task_pathspec: str | None = None
+
+
+class TrialRecord(_Frozen):
+    """A trial as history keeps it: the result, scored. Never rewritten once written."""
+
+    result: TrialResult
+    feasible: bool
+    violations: tuple[str, ...] = ()
+    val_reward: float | None = None
+    test_reward: float | None = None
+
+    @property
+    def proposal(self) -> Proposal:
+        return self.result.proposal
+
+    @property
+    def trial_id(self) -> str:
+        return self.result.proposal.trial_id
+
+    @property
+    def status(self) -> TrialStatus:
+        return self.result.status
+
+    @property
+    def eligible(self) -> bool:
+        """Completed and feasible: the only trials that may become champion."""
+        return self.status == "ok" and self.feasible and self.val_reward is not None
+
+
+def weights_fingerprint(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,266 @@
+"""Training: one proposal → one seeded Lightning fit → one `TrialResult`, whatever happens.
+
+A non-finite loss ends the trial as `diverged`, running past the budget's trial timeout as
+`timeout`, and any other exception as `failed` with its cause. `train_group` runs several
+proposals in one task (back to back), so one task's process start-up serves a whole group.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from factory_lib.data import Preprocessing
+from factory_lib.datamodule import TrialData, build_trial_data
+from factory_lib.evaluate import evaluate, quality_metrics
+from factory_lib.models import ModelShapeError, build_model
+from factory_lib.objective import Objective
+from factory_lib.records import Proposal, TrialResult, weights_fingerprint
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+TRAINING_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.0, "optimizer": "adam"}
+CAUSE_MAX_CHARS = 500
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class TrialTimedOut(RuntimeError):
+    """The trial ran past the budget's trial timeout."""
+
+
+class TrialModule(L.LightningModule):
+    """Wraps any `nn.Module` for the objective's task; logs `{stage}/loss` and the val metric."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        objective: Objective,
+        params: dict[str, Any],
+        preprocessing: Preprocessing | None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.task = objective.task
+        self.metric = (
+            objective.reward.metric
+            if objective.reward.metric in objective.metric_names
+            else objective.metric_names[0]
+        )
+        self.training_params = {k: params.get(k, v) for k, v in TRAINING_DEFAULTS.items()}
+        self.preprocessing = preprocessing
+        self.loss_fn: nn.Module = (
+            nn.CrossEntropyLoss() if self.task == "classification" else nn.MSELoss()
+        )
+        self.curve: list[float] = []
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
+
+    def _common_step(self, batch: Sequence[torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        out = self(x)
+        loss: torch.Tensor = self.loss_fn(
+            out if self.task == "classification" else out.squeeze(-1), y
+        )
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        if stage == "val":
+            self._val_outputs.append((out.detach(), y))
+        return loss
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._common_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        outs, ys = zip(*self._val_outputs, strict=True)
+        self._val_outputs.clear()
+        value = quality_metrics(
+            torch.cat(outs), torch.cat(ys), self.task, (self.metric,), self.preprocessing
+        )[self.metric]
+        self.log(f"val/{self.metric}", value)
+        self.curve.append(value)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        name = str(self.training_params["optimizer"])
+        if name not in OPTIMIZERS:
+            raise ModelShapeError(f"optimizer {name!r} is not one of {sorted(OPTIMIZERS)}")
+        optimizer: torch.optim.Optimizer = OPTIMIZERS[name](
+            self.parameters(),
+            lr=float(self.training_params["lr"]),
+            weight_decay=float(self.training_params["weight_decay"]),
+        )
+        return optimizer
+
+
+class _Guard(L.Callback):
+    """Stops a trial at once on a non-finite loss or when its time is up."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def _check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise TrialTimedOut("ran past the budget's trial_timeout_s")
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if not torch.isfinite(loss).all():
+            raise TrialDiverged(
+                f"non-finite training loss at epoch {trainer.current_epoch}, batch {batch_idx}"
+            )
+        self._check_time()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check_time()
+
+
+class _EpochReport(L.Callback):
+    """One concise line per epoch in the task log (no progress bars)."""
+
+    def __init__(self, trial_id: str, max_epochs: int) -> None:
+        self.trial_id, self.max_epochs = trial_id, max_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logged = " ".join(
+            f"{k} {float(v):.4g}" for k, v in sorted(trainer.callback_metrics.items())
+        )
+        print(
+            f"[{self.trial_id}] epoch {trainer.current_epoch + 1}/{self.max_epochs} {logged}",
+            flush=True,
+        )
+
+
+@dataclass(frozen=True)
+class TrialOutput:
+    """A trial's result and, when it trained to the end, its weights."""
+
+    result: TrialResult
+    weights: bytes | None
+
+
+def _cause(exc: BaseException) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" (at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno})" if where else ""
+    return f"{type(exc).__name__}: {exc}{at}"[:CAUSE_MAX_CHARS]
+
+
+def run_trial(
+    objective: Objective, proposal: Proposal, data: TrialData, task_pathspec: str | None = None
+) -> TrialOutput:
+    """Train and evaluate one proposal; every outcome becomes a result, none escapes as an error."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    started = time.monotonic()
+    deadline = started + objective.budget.trial_timeout_s
+    L.seed_everything(proposal.seed, workers=True, verbose=False)
+    module: TrialModule | None = None
+
+    def result(status: str, cause: str = "", **extra: Any) -> TrialResult:
+        curve = tuple(module.curve) if module is not None else ()
+        return TrialResult.model_validate(
+            {
+                "proposal": proposal,
+                "status": status,
+                "cause": cause,
+                "curve": curve,
+                "epochs": len(curve),
+                "task_pathspec": task_pathspec,
+                **extra,
+            }
+        )
+
+    try:
+        net = build_model(
+            objective, proposal.params, data.summary.input_shape, data.summary.n_outputs
+        )
+        module = TrialModule(net, objective, proposal.params, data.preprocessing)
+        monitor = f"val/{module.metric}"
+        direction = (
+            objective.reward.resolved_direction
+            if module.metric == objective.reward.metric
+            else "maximize"
+        )
+        trainer = L.Trainer(
+            accelerator="auto",
+            devices=1,
+            max_epochs=objective.budget.max_epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[
+                _Guard(deadline),
+                L.pytorch.callbacks.EarlyStopping(
+                    monitor=monitor,
+                    mode="max" if direction == "maximize" else "min",
+                    patience=objective.budget.early_stopping_patience,
+                ),
+                _EpochReport(proposal.trial_id, objective.budget.max_epochs),
+            ],
+        )
+        trainer.fit(module, datamodule=data.datamodule)
+        train_seconds = time.monotonic() - started
+        if module.curve and not math.isfinite(module.curve[-1]):
+            raise TrialDiverged("non-finite validation metric")
+        evaluation = evaluate(
+            module.net,
+            data.eval_sets,
+            objective.task,
+            objective.metric_names,
+            data.preprocessing,
+            train_seconds,
+        )
+        if not all(math.isfinite(v) for v in (*evaluation.val.values(), *evaluation.test.values())):
+            raise TrialDiverged("non-finite evaluation metrics")
+    except TrialDiverged as exc:
+        return TrialOutput(result("diverged", str(exc)), None)
+    except TrialTimedOut as exc:
+        return TrialOutput(
+            result("timeout", f"{exc} ({objective.budget.trial_timeout_s:g} s)"), None
+        )
+    except Exception as exc:  # noqa: BLE001 - the boundary that turns any error into a record
+        return TrialOutput(result("failed", _cause(exc)), None)
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in module.net.state_dict().items()}, buf)
+    weights = buf.getvalue()
+    return TrialOutput(
+        result("ok", evaluation=evaluation, weights_sha=weights_fingerprint(weights)), weights
+    )
+
+
+def train_group(
+    objective: Objective, proposals: Sequence[Proposal], task_pathspec: str | None = None
+) -> list[TrialOutput]:
+    """Run proposals back to back in this process; one's failure never touches another."""
+    data = build_trial_data(objective)
+    outputs = []
+    for proposal in proposals:
+        out = run_trial(objective, proposal, data, task_pathspec)
+        r = out.result
+        summary = f"{r.status}" + (f" ({r.cause})" if r.cause else "")
+        print(f"[{proposal.trial_id}] {summary}", flush=True)
+        outputs.append(out)
+    return outputs

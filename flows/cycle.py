@@ -1,0 +1,177 @@
+"""CycleFlow: one run is one cycle of the dark factory.
+
+    start ─► propose ─► train (foreach trial group) ─► join ─► end
+
+    start    validate the objective, pick up the latest successful cycle of it, check the budget
+    propose  ask the proposers for this cycle's trials (they see validation numbers only)
+    train    one Lightning fit per trial; every outcome, crash included, becomes a record
+    join     score, extend the append-only history, run the champion/challenger gate
+    end      tag the run `objective:<name>` so the next cycle chains from it
+
+Run it:
+
+    python flows/cycle.py run                               # next cycle of objectives/digits.yaml
+    python flows/cycle.py --config objective objectives/wine.yaml run --trials 4 --epochs 5
+    python flows/cycle.py run --fresh                       # start a new search
+    python flows/cycle.py resume                            # rerun only what did not finish
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+
+# Metaflow needs a user name; a container or CI job often has none in its environment.
+if not any(os.environ.get(v) for v in ("METAFLOW_USER", "USERNAME", "USER", "LOGNAME")):
+    os.environ["METAFLOW_USER"] = pwd.getpwuid(os.getuid()).pw_name
+
+from metaflow import (
+    Config,
+    FlowSpec,
+    Parameter,
+    Run,
+    catch,
+    config_expr,
+    current,
+    resources,
+    step,
+    timeout,
+)
+from metaflow.exception import MetaflowException
+
+from factory_lib.objective import (
+    Objective,
+    ObjectiveError,
+    check_user_code,
+    parse_objective,
+)
+
+DEFAULT_OBJECTIVE = "objectives/digits.yaml"
+# A train task may take its trials' own timeouts plus room for start-up, data and evaluation;
+# the trials stop themselves first, so this only fires on a hang outside a trial.
+TASK_TIMEOUT = "int(objective.budget.trial_timeout_s * objective.budget.group_size) + 600"
+
+
+def _objective_source() -> str:
+    """The objective file named on the command line, so errors can name it."""
+    argv = sys.argv
+    for i, arg in enumerate(argv[:-2]):
+        if arg == "--config" and argv[i + 1] == "objective":
+            return argv[i + 2]
+    return DEFAULT_OBJECTIVE
+
+
+def parse_objective_config(text: str) -> dict[str, object]:
+    """Metaflow Config parser: the objective validated before anything runs."""
+    source = _objective_source()
+    try:
+        objective = parse_objective(text, source)
+        check_user_code(objective, source)
+    except ObjectiveError as exc:
+        raise MetaflowException(str(exc)) from None
+    return objective.model_dump(mode="json")
+
+
+class CycleFlow(FlowSpec):
+    """One cycle: propose, train in parallel, evaluate, score, promote, remember."""
+
+    objective = Config("objective", default=DEFAULT_OBJECTIVE, parser=parse_objective_config)
+    trials = Parameter(
+        "trials", type=int, default=0, help="trials this cycle (0: the objective's budget)"
+    )
+    epochs = Parameter(
+        "epochs", type=int, default=0, help="max epochs per trial (0: the objective's budget)"
+    )
+    fresh = Parameter(
+        "fresh",
+        type=bool,
+        default=False,
+        is_flag=True,
+        help="start a new search instead of continuing",
+    )
+
+    @step
+    def start(self):
+        """Plan the cycle from the objective and the latest successful cycle."""
+        from factory_lib.cycle import plan_cycle
+
+        spec = Objective.model_validate(self.objective.to_dict()).with_overrides(
+            self.trials, self.epochs
+        )
+        self.plan = plan_cycle(spec, current.flow_name, current.run_id, fresh=self.fresh)
+        print(f"{spec.name}: cycle {self.plan.cycle}, {len(self.plan.history)} earlier trials")
+        self.next(self.propose)
+
+    @step
+    def propose(self):
+        """Ask the proposers for this cycle's trials and group them for the foreach."""
+        from factory_lib.cycle import group_trials, propose_cycle
+
+        self.proposals = propose_cycle(self.plan)
+        self.trial_groups = group_trials(self.proposals, self.plan.objective.budget.group_size)
+        for p in self.proposals:
+            print(f"{p.trial_id} {p.source}: {p.params}")
+        self.next(self.train, foreach="trial_groups")
+
+    @catch(var="train_error", print_exception=True)
+    @timeout(seconds=config_expr(TASK_TIMEOUT))
+    @resources(
+        gpu=config_expr("objective.resources.gpu"),
+        cpu=config_expr("objective.resources.cpu"),
+        memory=config_expr("objective.resources.memory_mb"),
+    )
+    @step
+    def train(self):
+        """Train and evaluate this group's trials; each outcome becomes a TrialResult."""
+        from factory_lib.train import train_group
+
+        self.group = self.input
+        outputs = train_group(self.plan.objective, self.group, current.pathspec)
+        self.trial_results = [o.result for o in outputs]
+        self.trial_weights = {
+            o.result.weights_sha: o.weights for o in outputs if o.weights is not None
+        }
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        """Score every trial, extend history and decide on promotion."""
+        from factory_lib.cycle import close_cycle, results_from_task
+
+        self.plan = inputs[0].plan
+        self.proposals = inputs[0].proposals
+        results = [
+            r
+            for inp in inputs
+            for r in results_from_task(
+                inp.group, getattr(inp, "trial_results", None), getattr(inp, "train_error", None)
+            )
+        ]
+        weights = {
+            sha: blob for inp in inputs for sha, blob in getattr(inp, "trial_weights", {}).items()
+        }
+        outcome = close_cycle(self.plan, results, weights.__getitem__)
+        self.cycle = outcome.cycle
+        self.records = outcome.records
+        self.history = outcome.history
+        self.decision = outcome.decision
+        self.champion = outcome.champion
+        self.champion_package = outcome.champion_package
+        self.stale_cycles = outcome.stale_cycles
+        print(outcome.summary_line())
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Tag the run so the next cycle of this objective starts from it."""
+        from factory_lib.history import objective_tag
+
+        Run(f"{current.flow_name}/{current.run_id}").add_tag(
+            objective_tag(self.plan.objective.name)
+        )
+        print(f"{self.plan.objective.name}: cycle {self.cycle} done; {self.decision.reason}")
+
+
+if __name__ == "__main__":
+    CycleFlow()

@@ -1,0 +1,104 @@
+"""Real Lightning training on tiny data, on the CPU: every outcome becomes a result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from factory_lib.datamodule import build_trial_data
+from factory_lib.models import ModelShapeError, build_model, count_params
+from factory_lib.objective import load_objective
+from factory_lib.propose.base import make_proposal
+from factory_lib.train import run_trial
+from tests.conftest import ROOT
+
+SMOKE = load_objective(ROOT / "objectives" / "smoke.yaml")
+DIGITS = load_objective(ROOT / "objectives" / "digits.yaml")
+
+
+def _planted(timeout_s: float = 60.0):
+    return SMOKE.model_copy(
+        update={
+            "model": SMOKE.model.model_copy(update={"builder": "tests.builders:planted"}),
+            "budget": SMOKE.budget.model_copy(update={"trial_timeout_s": timeout_s}),
+        }
+    )
+
+
+def _proposal(objective, **params):
+    return make_proposal(objective, 1, 0, 0, params, "test", "")
+
+
+def test_mlp_and_cnn_shapes_and_sizes() -> None:
+    mlp = build_model(DIGITS, {"family": "mlp", "depth": 2, "width": 32}, (1, 8, 8), 10)
+    assert count_params(mlp) == 64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+    cnn = build_model(DIGITS, {"family": "cnn", "blocks": 2, "channels": 8}, (1, 8, 8), 10)
+    assert count_params(cnn) > 0
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"family": "cnn", "blocks": 4}, "pools a 8x8 image below 1x1"),
+        ({"family": "cnn", "kernel": 4}, "must be odd"),
+        ({"family": "mlp", "activation": "swish"}, "activation 'swish'"),
+        ({"family": "rnn"}, "not in model.families"),
+    ],
+)
+def test_impossible_models_are_named(params: dict, message: str) -> None:
+    with pytest.raises(ModelShapeError, match=message):
+        build_model(DIGITS, params, (1, 8, 8), 10)
+
+
+def test_trial_trains_and_is_evaluated_on_both_splits() -> None:
+    data = build_trial_data(SMOKE)
+    objective = SMOKE.with_overrides(epochs=20)
+    out = run_trial(objective, _proposal(objective, lr=0.05, width=16, depth=1), data)
+    r = out.result
+    assert r.status == "ok", r.cause
+    assert r.evaluation is not None
+    assert set(r.evaluation.val) == set(r.evaluation.test) == {"accuracy", "macro_f1"}
+    assert r.evaluation.val["accuracy"] > 0.8
+    assert r.evaluation.params == 4 * 16 + 16 + 16 * 3 + 3
+    assert r.evaluation.latency_ms > 0
+    assert len(r.curve) == r.epochs >= 1
+    assert out.weights is not None and r.weights_sha
+
+
+def test_same_seed_same_result() -> None:
+    data = build_trial_data(SMOKE)
+    p = _proposal(SMOKE, lr=0.05, width=16, depth=1)
+    a, b = run_trial(SMOKE, p, data).result, run_trial(SMOKE, p, data).result
+    assert a.curve == b.curve
+    assert a.evaluation is not None and b.evaluation is not None
+    assert a.evaluation.test == b.evaluation.test
+    assert a.weights_sha == b.weights_sha
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "cause"),
+    [
+        ("raise", "failed", "RuntimeError: planted failure"),
+        ("nan", "diverged", "non-finite training loss"),
+        ("hang", "timeout", "trial_timeout_s"),
+    ],
+)
+def test_bad_trials_become_records(behaviour: str, status: str, cause: str) -> None:
+    objective = _planted(timeout_s=1.5)
+    out = run_trial(
+        objective, _proposal(objective, behaviour=behaviour), build_trial_data(objective)
+    )
+    assert out.result.status == status
+    assert cause in out.result.cause
+    assert out.weights is None
+
+
+def test_regression_is_scored_in_target_units() -> None:
+    objective = load_objective(ROOT / "objectives" / "diabetes.yaml").with_overrides(epochs=5)
+    data = build_trial_data(objective)
+    out = run_trial(objective, _proposal(objective, lr=0.01, width=32, depth=1), data)
+    assert out.result.status == "ok", out.result.cause
+    assert out.result.evaluation is not None
+    rmse = out.result.evaluation.test["rmse"]
+    y_std = float(np.std(data.preprocessing.inverse_y(data.eval_sets["test"][1].numpy())))
+    assert 0.3 * y_std < rmse < 2 * y_std  # in the target's units, not standardised ones
