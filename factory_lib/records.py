@@ -74,6 +74,7 @@ class TrialResult(_Frozen):
     epochs: int = 0
     weights_sha: str | None = None
     task_pathspec: str | None = None
+    started_at: float = 0.0
 
 
 class TrialRecord(_Frozen):

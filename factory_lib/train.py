@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import time
 import traceback
 from collections.abc import Sequence
@@ -172,6 +173,7 @@ def run_trial(
 ) -> TrialOutput:
     """Train and evaluate one proposal; every outcome becomes a result, none escapes as an error."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    started_at = time.time()
     started = time.monotonic()
     deadline = started + objective.budget.trial_timeout_s
     L.seed_everything(proposal.seed, workers=True, verbose=False)
@@ -187,6 +189,7 @@ def run_trial(
                 "curve": curve,
                 "epochs": len(curve),
                 "task_pathspec": task_pathspec,
+                "started_at": started_at,
                 **extra,
             }
         )
@@ -251,10 +254,21 @@ def run_trial(
     )
 
 
+def cpu_threads(concurrent_tasks: int) -> int:
+    """Torch threads for one CPU task when `concurrent_tasks` share this machine's cores."""
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, min(cores, concurrent_tasks)))
+
+
 def train_group(
-    objective: Objective, proposals: Sequence[Proposal], task_pathspec: str | None = None
+    objective: Objective,
+    proposals: Sequence[Proposal],
+    task_pathspec: str | None = None,
+    concurrent_tasks: int = 1,
 ) -> list[TrialOutput]:
     """Run proposals back to back in this process; one's failure never touches another."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(cpu_threads(concurrent_tasks))
     data = build_trial_data(objective)
     outputs = []
     for proposal in proposals:

@@ -18,15 +18,14 @@ Run it:
 
 from __future__ import annotations
 
-import os
-import pwd
 import sys
 
-# Metaflow needs a user name; a container or CI job often has none in its environment.
-if not any(os.environ.get(v) for v in ("METAFLOW_USER", "USERNAME", "USER", "LOGNAME")):
-    os.environ["METAFLOW_USER"] = pwd.getpwuid(os.getuid()).pw_name
+from factory_lib.history import ensure_metaflow_user, local_worker_default
 
-from metaflow import (
+ensure_metaflow_user()
+local_worker_default(sys.argv)
+
+from metaflow import (  # noqa: E402
     Config,
     FlowSpec,
     Parameter,
@@ -38,9 +37,9 @@ from metaflow import (
     step,
     timeout,
 )
-from metaflow.exception import MetaflowException
+from metaflow.exception import MetaflowException  # noqa: E402
 
-from factory_lib.objective import (
+from factory_lib.objective import (  # noqa: E402
     Objective,
     ObjectiveError,
     check_user_code,
@@ -127,7 +126,12 @@ class CycleFlow(FlowSpec):
         from factory_lib.train import train_group
 
         self.group = self.input
-        outputs = train_group(self.plan.objective, self.group, current.pathspec)
+        outputs = train_group(
+            self.plan.objective,
+            self.group,
+            current.pathspec,
+            concurrent_tasks=len(self.trial_groups),
+        )
         self.trial_results = [o.result for o in outputs]
         self.trial_weights = {
             o.result.weights_sha: o.weights for o in outputs if o.weights is not None

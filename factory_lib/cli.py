@@ -1,0 +1,129 @@
+"""The `factory` command: drive chained cycles through metaflow.Runner.
+
+factory loop --cycles 5                          # 5 more cycles of objectives/digits.yaml
+factory loop --cycles 3 --objective wine --trials 4 --epochs 10
+factory loop --cycles 2 --config path/to/objective.yaml --fresh
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from factory_lib.objective import (
+    Objective,
+    ObjectiveError,
+    check_user_code,
+    load_objective,
+    objective_path,
+)
+
+FLOW_FILE = Path(__file__).resolve().parents[1] / "flows" / "cycle.py"
+FLOW_NAME = "CycleFlow"
+
+
+def _objective_file(args: argparse.Namespace) -> Path:
+    return Path(args.config) if args.config else objective_path(args.objective)
+
+
+def _load(path: Path) -> Objective:
+    objective = load_objective(path)
+    check_user_code(objective, str(path))
+    return objective
+
+
+def _progress_line(i: int, n: int, data: Any, seconds: float) -> str:
+    counts: dict[str, int] = {}
+    for r in data.records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    status = ", ".join(f"{c} {s}" for s, c in sorted(counts.items()))
+    eligible = [r.val_reward for r in data.history if r.eligible and r.val_reward is not None]
+    best = f"{max(eligible):.4f}" if eligible else "none"
+    champion = data.champion.trial_id if data.champion else "none"
+    return (
+        f"[{i}/{n}] cycle {data.cycle}: {len(data.records)} trials ({status}) | "
+        f"best val reward {best} | {data.decision.status}, champion {champion} | {seconds:.0f} s"
+    )
+
+
+def loop(args: argparse.Namespace) -> int:
+    """Run up to N chained cycles; stop early on budget or on `patience` cycles of no gain."""
+    import torch  # noqa: F401  before Runner: Metaflow's vendored typing_extensions (#2462)
+
+    from factory_lib.history import ensure_metaflow_user, latest_cycle
+
+    ensure_metaflow_user()  # before Metaflow reads its configuration
+    from metaflow.runner.metaflow_runner import Runner
+
+    path = _objective_file(args)
+    objective = _load(path)
+    budget = objective.budget
+    print(f"factory loop: {objective.name} ({path}), up to {args.cycles} cycles", flush=True)
+    for i in range(1, args.cycles + 1):
+        fresh = args.fresh and i == 1
+        state = None if fresh else latest_cycle(FLOW_NAME, objective.name)
+        if state is not None and state.cycle >= budget.max_cycles:
+            print(f"stop: budget spent ({state.cycle} of budget.max_cycles={budget.max_cycles})")
+            return 0
+        params: dict[str, Any] = {"trials": args.trials, "epochs": args.epochs}
+        if fresh:
+            params["fresh"] = True
+        if args.max_workers:
+            params["max_workers"] = args.max_workers
+        started = time.monotonic()
+        with Runner(
+            str(args.flow), show_output=args.verbose, config=[("objective", str(path))]
+        ).run(**params) as running:
+            if running.status != "successful":
+                print(running.stderr[-4000:], file=sys.stderr)
+                print(
+                    f"cycle {i} failed: fix the cause, then `python {args.flow} resume` reruns "
+                    "only what did not finish",
+                    file=sys.stderr,
+                )
+                return 1
+            data = running.run["end"].task.data  # type: ignore[attr-defined]
+        print(_progress_line(i, args.cycles, data, time.monotonic() - started), flush=True)
+        if data.stale_cycles >= budget.patience:
+            print(f"stop: no better reward for {data.stale_cycles} cycles (budget.patience)")
+            return 0
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("loop", help="run N chained cycles of an objective")
+    p.add_argument("--cycles", type=int, required=True, help="the most cycles to run")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--objective", default="digits", help="name under objectives/ (digits)")
+    which.add_argument("--config", help="path of an objective file")
+    p.add_argument("--trials", type=int, default=0, help="trials per cycle (0: the budget's)")
+    p.add_argument("--epochs", type=int, default=0, help="max epochs (0: the budget's)")
+    p.add_argument("--fresh", action="store_true", help="start a new search with the first cycle")
+    p.add_argument("--max-workers", type=int, default=0, help="parallel train tasks (Metaflow's)")
+    p.add_argument("--flow", type=Path, default=FLOW_FILE, help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true", help="show the flows' own output")
+    p.set_defaults(func=loop)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "cycles", 1) < 1:
+        print("factory: --cycles must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        result: int = args.func(args)
+    except ObjectiveError as exc:
+        print(f"factory: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
