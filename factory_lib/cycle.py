@@ -6,6 +6,7 @@ Metaflow except through the Client API in `factory_lib.history`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,9 @@ from factory_lib.data import DataSummary, Preprocessing, describe_data
 from factory_lib.history import CycleState, append, check_extends, latest_cycle
 from factory_lib.objective import Objective
 from factory_lib.propose import OptunaProposer, seen_by_proposers
+from factory_lib.propose.base import renumber
+from factory_lib.propose.llm import KEY_VARIABLE, LLMProposer, LLMReport
+from factory_lib.propose.mix import Mix, llm_mix
 from factory_lib.records import Proposal, TrialRecord, TrialResult
 from factory_lib.registry import Champion, ModelPackage, PromotionDecision, decide
 from factory_lib.reward import score
@@ -32,6 +36,7 @@ class CyclePlan:
     data: DataSummary
     preprocessing: Preprocessing | None
     previous: CycleState | None
+    notices: tuple[str, ...] = ()
 
     @property
     def history(self) -> tuple[TrialRecord, ...]:
@@ -40,6 +45,23 @@ class CyclePlan:
     @property
     def champion(self) -> Champion | None:
         return self.previous.champion if self.previous else None
+
+    @property
+    def llm_usd_total(self) -> float:
+        return self.previous.llm_usd_total if self.previous else 0.0
+
+
+@dataclass(frozen=True)
+class ProposalBatch:
+    """A cycle's proposals, the mix that split them and what the LLM proposer reported."""
+
+    proposals: tuple[Proposal, ...]
+    mix: Mix | None
+    llm_report: LLMReport | None
+
+    @property
+    def notices(self) -> tuple[str, ...]:
+        return self.llm_report.notices if self.llm_report else ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,7 @@ class CycleOutcome:
     champion_package: ModelPackage | None
     stale_cycles: int
     best_val_reward: float | None
+    llm_usd_total: float
 
     def summary_line(self) -> str:
         counts: dict[str, int] = {}
@@ -84,17 +107,50 @@ def plan_cycle(
             f"{objective.budget.max_cycles}: raise the budget or start with --fresh"
         )
     data, preprocessing = describe_data(objective)
+    notices = []
+    if objective.proposers.llm is not None and not os.environ.get(KEY_VARIABLE):
+        notices.append(
+            f"LLM proposer off: {KEY_VARIABLE} is not set, so this cycle runs on Optuna alone "
+            f"({objective.proposers.sampler}). Set it to let Claude propose."
+        )
     return CyclePlan(
-        objective=objective, cycle=cycle, data=data, preprocessing=preprocessing, previous=previous
+        objective=objective,
+        cycle=cycle,
+        data=data,
+        preprocessing=preprocessing,
+        previous=previous,
+        notices=tuple(notices),
     )
 
 
-def propose_cycle(plan: CyclePlan) -> list[Proposal]:
-    """The cycle's proposals, from what the proposers may see of history."""
-    seen = seen_by_proposers(plan.objective, plan.history)
-    proposer = OptunaProposer(plan.objective)
-    n = plan.objective.budget.trials_per_cycle
-    return proposer.propose(plan.objective, seen, n, plan.cycle, first_number=len(plan.history))
+def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
+    """The cycle's proposals: the LLM's share first, Optuna fills every other slot."""
+    objective = plan.objective
+    seen = seen_by_proposers(objective, plan.history)
+    n = objective.budget.trials_per_cycle
+    first = len(plan.history)
+    mix, report = None, None
+    from_llm: list[Proposal] = []
+    if objective.proposers.llm is not None and (
+        llm_client is not None or os.environ.get(KEY_VARIABLE)
+    ):
+        mix = llm_mix(objective.proposers.llm, plan.history)
+        n_llm, _ = mix.split(n)
+        if n_llm:
+            llm = LLMProposer(
+                objective,
+                plan.data.input_shape,
+                plan.data.n_outputs,
+                plan.llm_usd_total,
+                llm_client,
+            )
+            from_llm = llm.propose(objective, seen, n_llm, plan.cycle, first)
+            report = llm.report
+    from_optuna = OptunaProposer(objective).propose(
+        objective, seen, n - len(from_llm), plan.cycle, first + len(from_llm), pending=from_llm
+    )
+    proposals = renumber(objective, [*from_llm, *from_optuna], first)
+    return ProposalBatch(proposals=tuple(proposals), mix=mix, llm_report=report)
 
 
 def group_trials(proposals: Sequence[Proposal], size: int) -> list[tuple[Proposal, ...]]:
@@ -118,7 +174,10 @@ def results_from_task(
 
 
 def close_cycle(
-    plan: CyclePlan, results: Iterable[TrialResult], weights: Callable[[str], bytes]
+    plan: CyclePlan,
+    results: Iterable[TrialResult],
+    weights: Callable[[str], bytes],
+    llm_usd: float = 0.0,
 ) -> CycleOutcome:
     """Score the results, extend history, run the promotion gate and package a new champion."""
     objective = plan.objective
@@ -147,6 +206,7 @@ def close_cycle(
         champion_package=package,
         stale_cycles=stale,
         best_val_reward=best_now,
+        llm_usd_total=plan.llm_usd_total + llm_usd,
     )
 
 

@@ -111,12 +111,20 @@ def load_splits(spec: DataSpec, task: str) -> Splits:
         stratify=y_rest if task == "classification" else None,
     )
     flat_train = x_train.reshape(len(x_train), -1)
+    if spec.dataset in IMAGE_DATASETS:
+        # Images: one mean and scale for all pixels (a per-pixel std is ~0 at the border).
+        mean = np.full(flat_train.shape[1], flat_train.mean())
+        std = np.full(flat_train.shape[1], flat_train.std())
+    else:
+        # Tables: per feature; a feature constant on train is centred, not scaled.
+        mean, std = flat_train.mean(axis=0), flat_train.std(axis=0)
+        std = np.where(std < _STD_FLOOR, 1.0, std)
     y_mean, y_std = (
         (float(y_train.mean()), float(y_train.std())) if task == "regression" else (0.0, 1.0)
     )
     prep = Preprocessing(
-        x_mean=flat_train.mean(axis=0).tolist(),
-        x_std=np.maximum(flat_train.std(axis=0), _STD_FLOOR).tolist(),
+        x_mean=mean.tolist(),
+        x_std=std.tolist(),
         y_mean=y_mean,
         y_std=y_std,
         input_shape=shape,

@@ -34,6 +34,7 @@ class CycleState:
     champion: Champion | None
     champion_package: ModelPackage | None
     stale_cycles: int
+    llm_usd_total: float
 
 
 def ensure_metaflow_user() -> None:
@@ -123,5 +124,7 @@ def latest_cycle(
                 champion=data.champion,
                 champion_package=data.champion_package,
                 stale_cycles=data.stale_cycles,
+                # cycles run before LLM accounting existed spent nothing on it
+                llm_usd_total=getattr(data, "llm_usd_total", 0.0),
             )
     return None

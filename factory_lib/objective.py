@@ -33,6 +33,7 @@ METRIC_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
     "train_seconds": "minimize",
 }
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
+DEFAULT_LLM_MODEL = "claude-sonnet-4-6"
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|<|>=|>)\s*([-+0-9.eE]+)\s*$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -205,12 +206,51 @@ class PromotionSpec(_Strict):
     min_improvement: float = Field(default=0.0, ge=0)
 
 
+class PriceSpec(_Strict):
+    """US dollars per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float | None = Field(default=None, ge=0, description="default: 1.25 × input")
+    cache_read: float | None = Field(default=None, ge=0, description="default: 0.1 × input")
+
+
+class LLMSpec(_Strict):
+    """Claude as a proposer, through the anthropic SDK; the key comes from the environment."""
+
+    model: str = DEFAULT_LLM_MODEL
+    share: float = Field(
+        default=0.5, ge=0, le=1, description="initial share of each cycle's trials"
+    )
+    min_share: float = Field(default=0.125, ge=0, le=0.5, description="floor for each proposer")
+    learning_rate: float = Field(
+        default=0.5, gt=0, le=1, description="how far a cycle moves the share"
+    )
+    max_tokens: int = Field(default=4096, ge=256)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    max_usd_per_cycle: float = Field(default=0.5, ge=0)
+    max_usd_total: float = Field(default=10.0, ge=0)
+    price: PriceSpec | None = Field(
+        default=None, description="default: factory_lib.propose.llm.PRICES"
+    )
+    show_best: int = Field(default=10, ge=1, description="best trials shown to the model")
+    show_failures: int = Field(default=5, ge=0, description="recent failures shown to the model")
+
+    @model_validator(mode="after")
+    def _floor(self) -> LLMSpec:
+        if not self.min_share <= self.share <= 1 - self.min_share:
+            raise ValueError(f"share {self.share} must lie within [min_share, 1 - min_share]")
+        return self
+
+
 class ProposersSpec(_Strict):
     sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
     seed: int = 0
     enqueue: tuple[dict[str, Any], ...] = Field(
         default=(), description="configurations to try first (e.g. a known baseline)"
     )
+    llm: LLMSpec | None = Field(default=None, description="omit for Optuna alone")
 
 
 class ResourcesSpec(_Strict):

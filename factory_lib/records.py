@@ -42,6 +42,10 @@ class Proposal(_Frozen):
     def key(self) -> str:
         return params_key(self.params)
 
+    def summary(self) -> str:
+        why = f" — {self.rationale}" if self.rationale else ""
+        return f"{self.trial_id} {self.source}: {self.params}{why}"
+
 
 class Evaluation(_Frozen):
     """The sealed evaluator's verdict: quality per split, and the cost and shape of the model."""

@@ -100,6 +100,8 @@ class CycleFlow(FlowSpec):
         )
         self.plan = plan_cycle(spec, current.flow_name, current.run_id, fresh=self.fresh)
         print(f"{spec.name}: cycle {self.plan.cycle}, {len(self.plan.history)} earlier trials")
+        for notice in self.plan.notices:
+            print(notice)
         self.next(self.propose)
 
     @step
@@ -107,10 +109,11 @@ class CycleFlow(FlowSpec):
         """Ask the proposers for this cycle's trials and group them for the foreach."""
         from factory_lib.cycle import group_trials, propose_cycle
 
-        self.proposals = propose_cycle(self.plan)
+        batch = propose_cycle(self.plan)
+        self.proposals, self.mix, self.llm_report = batch.proposals, batch.mix, batch.llm_report
         self.trial_groups = group_trials(self.proposals, self.plan.objective.budget.group_size)
-        for p in self.proposals:
-            print(f"{p.trial_id} {p.source}: {p.params}")
+        for line in (*batch.notices, *(p.summary() for p in self.proposals)):
+            print(line)
         self.next(self.train, foreach="trial_groups")
 
     @catch(var="train_error", print_exception=True)
@@ -143,8 +146,13 @@ class CycleFlow(FlowSpec):
         """Score every trial, extend history and decide on promotion."""
         from factory_lib.cycle import close_cycle, results_from_task
 
-        self.plan = inputs[0].plan
-        self.proposals = inputs[0].proposals
+        first = inputs[0]
+        self.plan, self.proposals, self.mix, self.llm_report = (
+            first.plan,
+            first.proposals,
+            first.mix,
+            first.llm_report,
+        )
         results = [
             r
             for inp in inputs
@@ -155,7 +163,8 @@ class CycleFlow(FlowSpec):
         weights = {
             sha: blob for inp in inputs for sha, blob in getattr(inp, "trial_weights", {}).items()
         }
-        outcome = close_cycle(self.plan, results, weights.__getitem__)
+        llm_usd = self.llm_report.usd if self.llm_report else 0.0
+        outcome = close_cycle(self.plan, results, weights.__getitem__, llm_usd)
         self.cycle = outcome.cycle
         self.records = outcome.records
         self.history = outcome.history
@@ -163,6 +172,7 @@ class CycleFlow(FlowSpec):
         self.champion = outcome.champion
         self.champion_package = outcome.champion_package
         self.stale_cycles = outcome.stale_cycles
+        self.llm_usd_total = outcome.llm_usd_total
         print(outcome.summary_line())
         self.next(self.end)
 

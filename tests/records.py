@@ -16,6 +16,7 @@ def result(
     params: int = 1000,
     status: str = "ok",
     cycle: int = 1,
+    source: str = "optuna:tpe",
     **proposal_params: Any,
 ) -> TrialResult:
     proposal = Proposal(
@@ -23,7 +24,7 @@ def result(
         number=n,
         cycle=cycle,
         params=proposal_params or {"lr": 0.01 * (n + 1), "width": 8, "depth": 1},
-        source="optuna:tpe",
+        source=source,
         seed=n,
     )
     evaluation = None

@@ -102,3 +102,13 @@ def test_regression_is_scored_in_target_units() -> None:
     rmse = out.result.evaluation.test["rmse"]
     y_std = float(np.std(data.preprocessing.inverse_y(data.eval_sets["test"][1].numpy())))
     assert 0.3 * y_std < rmse < 2 * y_std  # in the target's units, not standardised ones
+
+
+def test_standardised_features_stay_bounded_on_unseen_splits() -> None:
+    from factory_lib.data import load_splits
+
+    for objective in (DIGITS, load_objective(ROOT / "objectives" / "wine.yaml")):
+        splits = load_splits(objective.data, objective.task)
+        for split in ("val", "test"):
+            # digits has pixels that are (nearly) always 0 in its training split
+            assert np.abs(splits.x[split]).max() < 20

@@ -96,6 +96,16 @@ def make_proposal(
     )
 
 
+def renumber(
+    objective: Objective, proposals: Sequence[Proposal], first_number: int
+) -> list[Proposal]:
+    """Give proposals from several proposers consecutive ids, numbers and seeds."""
+    return [
+        make_proposal(objective, p.cycle, first_number + i, i, p.params, p.source, p.rationale)
+        for i, p in enumerate(proposals)
+    ]
+
+
 class Proposer(Protocol):
     """Given the objective and what it may see of history, return up to `n` new proposals."""
 

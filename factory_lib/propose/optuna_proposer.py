@@ -117,11 +117,18 @@ class OptunaProposer:
         self.name = f"optuna:{objective.proposers.sampler}"
 
     def propose(
-        self, objective: Objective, seen: Sequence[SeenTrial], n: int, cycle: int, first_number: int
+        self,
+        objective: Objective,
+        seen: Sequence[SeenTrial],
+        n: int,
+        cycle: int,
+        first_number: int,
+        pending: Sequence[Proposal] = (),
     ) -> list[Proposal]:
+        """`n` proposals numbered from `first_number`, none repeating history or `pending`."""
         study = build_study(objective, seen, seed=objective.proposers.seed * 7919 + cycle)
         values = {t.key: t.val_reward for t in seen}
-        tried = {t.key for t in seen}
+        tried = {t.key for t in seen} | {p.key for p in pending}
         queued = [
             dict(c)
             for c in objective.proposers.enqueue

@@ -1,0 +1,153 @@
+"""A fake Anthropic Messages endpoint: the SDK's own code runs, only the HTTP peer is ours.
+
+`Script` answers requests from a queue of canned replies (for httpx2.MockTransport in unit
+tests); `FakeMessagesServer` is a real HTTP server on 127.0.0.1 that answers every request by
+sampling valid proposals from the tool's own input schema (for flows, via ANTHROPIC_BASE_URL).
+Both keep every request body they received.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx2
+
+USAGE = {
+    "input_tokens": 1200,
+    "output_tokens": 300,
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 900,
+}
+
+
+def message(content: list[dict[str, Any]], model: str = "claude-sonnet-4-6") -> dict[str, Any]:
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": USAGE,
+    }
+
+
+def tool_answer(proposals: Any, tool_id: str = "toolu_fake") -> dict[str, Any]:
+    """A reply that calls propose_trials with `proposals` (any JSON, valid or not)."""
+    return message(
+        [
+            {
+                "type": "tool_use",
+                "id": tool_id,
+                "name": "propose_trials",
+                "input": {"proposals": proposals},
+            }
+        ]
+    )
+
+
+def error(status: int, kind: str, text: str) -> tuple[int, dict[str, Any]]:
+    return status, {"type": "error", "error": {"type": kind, "message": text}}
+
+
+Reply = dict[str, Any] | tuple[int, dict[str, Any]] | Exception
+
+
+class Script:
+    """Answers with the queued replies in order; records each request's JSON body."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.requests: list[dict[str, Any]] = []
+
+    def handler(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(json.loads(request.content))
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        status, body = reply if isinstance(reply, tuple) else (200, reply)
+        return httpx2.Response(
+            status, json=body, headers={"retry-after": "0.01"} if status >= 429 else {}
+        )
+
+    def client(self, max_retries: int = 2) -> Any:
+        import anthropic
+
+        return anthropic.Anthropic(
+            api_key="sk-ant-test",
+            max_retries=max_retries,
+            http_client=httpx2.Client(transport=httpx2.MockTransport(self.handler)),
+        )
+
+
+def sample_from_schema(tool: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
+    """Valid proposals drawn from the tool's input schema, honouring `when` conditions."""
+    items = tool["input_schema"]["properties"]["proposals"]
+    props = items["items"]["properties"]["params"]["properties"]
+    proposals = []
+    for i in range(items["maxItems"]):
+        params: dict[str, Any] = {}
+        for name, schema in props.items():
+            condition = schema.get("description", "")
+            if "only when" in condition:
+                dep, value = condition.split("only when ")[1].split(" = ")
+                if repr(params.get(dep)) != value:
+                    continue
+            if "enum" in schema:
+                params[name] = rng.choice(schema["enum"])
+            elif schema["type"] == "integer":
+                params[name] = rng.randint(schema["minimum"], schema["maximum"])
+            else:
+                params[name] = rng.uniform(schema["minimum"], schema["maximum"])
+        proposals.append({"params": params, "rationale": f"fake idea {i}: probe this region"})
+    return proposals
+
+
+class FakeMessagesServer:
+    """POST /v1/messages on 127.0.0.1, answering with schema-valid tool calls."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        extra: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        rng = random.Random(seed)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                outer.requests.append(body)
+                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
+                proposals = sample_from_schema(body["tools"][0], rng)
+                if extra is not None:
+                    proposals = extra(proposals)
+                payload = json.dumps(tool_answer(proposals)).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeMessagesServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
