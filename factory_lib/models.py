@@ -104,6 +104,21 @@ def build_cnn(params: Mapping[str, Any], input_shape: tuple[int, ...], n_outputs
 BUILDERS = {"mlp": build_mlp, "cnn": build_cnn}
 
 
+def build_arch(
+    objective: Objective, params: Mapping[str, Any], input_shape: tuple[int, ...], n_outputs: int
+) -> nn.Module:
+    """An architecture proposed as data, checked against the grammar, then compiled."""
+    from factory_lib.architecture import check, compile_blocks
+
+    grammar = objective.model.grammar
+    if grammar is None or "architecture" not in params:
+        raise ModelShapeError("family 'arch' needs model.grammar and an 'architecture' parameter")
+    blocks, errors = check(params["architecture"], grammar, input_shape, n_outputs)
+    if errors:
+        raise ModelShapeError("; ".join(errors))
+    return compile_blocks(blocks, input_shape, n_outputs)
+
+
 def build_model(
     objective: Objective, params: Mapping[str, Any], input_shape: tuple[int, ...], n_outputs: int
 ) -> nn.Module:
@@ -122,7 +137,10 @@ def build_model(
             raise ModelShapeError(
                 f"family {family!r} is not in model.families {objective.model.families}"
             )
-        model = BUILDERS[family](params, input_shape, n_outputs)
+        if family == "arch":
+            model = build_arch(objective, params, input_shape, n_outputs)
+        else:
+            model = BUILDERS[family](params, input_shape, n_outputs)
     model.eval()
     with torch.no_grad():
         out = model(torch.zeros((2, *input_shape)))

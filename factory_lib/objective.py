@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 BUNDLED_DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "iris")
 IMAGE_DATASETS = ("digits",)
 REGRESSION_DATASETS = ("diabetes",)
-FAMILIES = ("mlp", "cnn")
+FAMILIES = ("mlp", "cnn", "arch")
+Block = Literal["linear", "conv", "norm", "activation", "dropout", "residual", "pool"]
+BLOCKS: tuple[Block, ...] = ("linear", "conv", "norm", "activation", "dropout", "residual", "pool")
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
 REGRESSION_METRICS = ("rmse", "r2")
@@ -124,10 +126,37 @@ class DataSpec(_Strict):
         return self
 
 
+class GrammarSpec(_Strict):
+    """What an architecture of family `arch` may be built from (see factory_lib.architecture)."""
+
+    blocks: tuple[Block, ...] = BLOCKS
+    max_depth: int = Field(default=12, ge=1, le=64)
+    max_params: int = Field(default=100_000, ge=1)
+    units: tuple[int, int] = (8, 512)
+    channels: tuple[int, int] = (4, 64)
+    kernels: tuple[int, ...] = (3, 5)
+    activations: tuple[Literal["relu", "gelu", "silu", "tanh", "leaky_relu"], ...] = (
+        "relu",
+        "gelu",
+        "silu",
+        "tanh",
+    )
+    max_dropout: float = Field(default=0.5, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> GrammarSpec:
+        for name in ("units", "channels"):
+            low, high = getattr(self, name)
+            if not 1 <= low <= high:
+                raise ValueError(f"{name}: need 1 <= low <= high, got [{low}, {high}]")
+        return self
+
+
 class ModelSpec(_Strict):
     """The model families the search may use, or a user builder by import path."""
 
-    families: tuple[Literal["mlp", "cnn"], ...] = ("mlp",)
+    families: tuple[Literal["mlp", "cnn", "arch"], ...] = ("mlp",)
+    grammar: GrammarSpec | None = Field(default=None, description="needed by the 'arch' family")
     builder: str | None = Field(
         default=None, description="'package.module:function(params, input_shape, n_outputs)'"
     )
@@ -140,6 +169,8 @@ class ModelSpec(_Strict):
             )
         if not self.families:
             raise ValueError("families needs at least one of " + ", ".join(FAMILIES))
+        if ("arch" in self.families) != (self.grammar is not None):
+            raise ValueError("the 'arch' family and a 'grammar' go together: give both or neither")
         return self
 
 

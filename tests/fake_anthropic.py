@@ -99,7 +99,13 @@ def sample_from_schema(tool: dict[str, Any], rng: random.Random) -> list[dict[st
                 dep, value = condition.split("only when ")[1].split(" = ")
                 if repr(params.get(dep)) != value:
                     continue
-            if "enum" in schema:
+            if schema.get("type") == "array":  # an architecture: the smallest valid network
+                units = schema["items"]["properties"]["units"]["minimum"]
+                params[name] = [
+                    {"type": "linear", "units": units},
+                    {"type": "activation", "fn": "relu"},
+                ]
+            elif "enum" in schema:
                 params[name] = rng.choice(schema["enum"])
             elif schema["type"] == "integer":
                 params[name] = rng.randint(schema["minimum"], schema["maximum"])

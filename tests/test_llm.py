@@ -228,10 +228,16 @@ def test_mix_moves_toward_the_proposer_that_works_and_keeps_a_floor() -> None:
     assert llm_mix(spec, []).share == spec.share
 
 
-def _plan(history: list) -> CyclePlan:
+def _plan(history: list, objective=SMOKE) -> CyclePlan:
     from factory_lib.history import CycleState
 
-    data, prep = describe_data(SMOKE)
+    if objective.proposers.llm is None:
+        objective = objective.model_copy(
+            update={
+                "proposers": objective.proposers.model_copy(update={"llm": SMOKE.proposers.llm})
+            }
+        )
+    data, prep = describe_data(objective)
     state = CycleState(
         run_pathspec="CycleFlow/1",
         cycle=1,
@@ -241,4 +247,4 @@ def _plan(history: list) -> CyclePlan:
         stale_cycles=0,
         llm_usd_total=0.0,
     )
-    return CyclePlan(objective=SMOKE, cycle=2, data=data, preprocessing=prep, previous=state)
+    return CyclePlan(objective=objective, cycle=2, data=data, preprocessing=prep, previous=state)

@@ -25,16 +25,19 @@ import anthropic
 from anthropic.types import MessageParam, TextBlockParam, ToolChoiceToolParam, ToolParam
 from pydantic import BaseModel, ConfigDict
 
+from factory_lib.architecture import canonical, check
 from factory_lib.objective import (
     METRIC_DIRECTIONS,
     CategoricalParam,
     FloatParam,
+    GrammarSpec,
     IntParam,
     LLMSpec,
     Objective,
     PriceSpec,
 )
 from factory_lib.propose.base import SeenTrial, make_proposal
+from factory_lib.propose.optuna_proposer import uses_arch
 from factory_lib.records import Proposal, params_key
 
 TOOL_NAME = "propose_trials"
@@ -147,10 +150,48 @@ def _param_schema(p: FloatParam | IntParam | CategoricalParam) -> dict[str, Any]
     return schema
 
 
+def _architecture_schema(grammar: GrammarSpec, families: tuple[str, ...]) -> dict[str, Any]:
+    block = {
+        "type": {"enum": list(grammar.blocks)},
+        "units": {"type": "integer", "minimum": grammar.units[0], "maximum": grammar.units[1]},
+        "channels": {
+            "type": "integer",
+            "minimum": grammar.channels[0],
+            "maximum": grammar.channels[1],
+        },
+        "kernel": {"enum": list(grammar.kernels)},
+        "fn": {"enum": list(grammar.activations)},
+        "p": {"type": "number", "minimum": 0, "maximum": grammar.max_dropout},
+    }
+    when = "" if families == ("arch",) else "only when family = 'arch'; "
+    return {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": grammar.max_depth,
+        "items": {
+            "type": "object",
+            "properties": block,
+            "required": ["type"],
+            "additionalProperties": False,
+        },
+        "description": (
+            f"{when}the network as blocks in order: linear{{units}}, conv{{channels, kernel}}, "
+            "norm, activation{fn}, dropout{p}, residual (same-width skip), pool (2x2 max); "
+            f"a linear head to the outputs is appended; at most {grammar.max_params} parameters"
+        ),
+    }
+
+
 def tool_schema(objective: Objective, n: int) -> ToolParam:
     """The tool the model must call: its input schema is generated from the search space."""
     params = {name: _param_schema(p) for name, p in objective.search_space.items()}
     always = [name for name, p in objective.search_space.items() if not p.when]
+    if objective.model.grammar is not None:
+        if objective.model.families == ("arch",):
+            always.append("architecture")
+        params["architecture"] = _architecture_schema(
+            objective.model.grammar, objective.model.families
+        )
     return {
         "name": TOOL_NAME,
         "description": "Submit the next trials of the search, each with a rationale.",
@@ -288,15 +329,18 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def check_params(objective: Objective, params: Any) -> tuple[dict[str, Any], list[str]]:
-    """Validate one proposal's params against the search space; returns (clean, errors)."""
+def check_params(
+    objective: Objective, params: Any, input_shape: Sequence[int] = (), n_outputs: int = 1
+) -> tuple[dict[str, Any], list[str]]:
+    """Validate one proposal's params against the search space; returns (clean, errors).
+
+    An `architecture` (family `arch`) is checked against the grammar and the data's shape,
+    parameter cap included, and kept in its canonical string form.
+    """
     if not isinstance(params, dict):
         return {}, [f"params must be an object, got {type(params).__name__}"]
-    errors = [
-        f"unknown parameter {k!r}"
-        for k in params
-        if k not in objective.search_space and k not in objective.fixed
-    ]
+    allowed = {*objective.search_space, *objective.fixed, "architecture"}
+    errors = [f"unknown parameter {k!r}" for k in params if k not in allowed]
     errors += [
         f"{k!r} is fixed by the objective and cannot be proposed"
         for k in params
@@ -342,6 +386,16 @@ def check_params(objective: Objective, params: Any) -> tuple[dict[str, Any], lis
                 errors.append(f"{name}={value!r} is not one of {list(p.choices)}")
             else:
                 clean[name] = match[0]
+    grammar = objective.model.grammar
+    if grammar is not None and uses_arch(objective, clean):
+        blocks, arch_errors = check(
+            params.get("architecture"), grammar, tuple(input_shape), n_outputs
+        )
+        errors += [f"architecture: {e}" for e in arch_errors]
+        if not arch_errors:
+            clean["architecture"] = canonical(blocks)
+    elif "architecture" in params:
+        errors.append("'architecture' applies only to the 'arch' family")
     return clean, errors
 
 
@@ -551,7 +605,12 @@ class LLMProposer:
         rationale = item.get("rationale")
         if not isinstance(rationale, str) or not rationale.strip():
             errors.append("a rationale is required")
-        clean, param_errors = check_params(objective, item.get("params"))
+        clean, param_errors = check_params(
+            objective,
+            item.get("params"),
+            self.described["data"]["input_shape"],
+            self.described["data"]["n_outputs"],
+        )
         errors += param_errors
         if not errors:
             earlier = tried.get(params_key({**clean, **objective.fixed}))

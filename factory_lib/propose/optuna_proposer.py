@@ -25,13 +25,38 @@ from factory_lib.propose.base import SeenTrial, make_proposal
 from factory_lib.records import Proposal, params_key
 
 MAX_ASKS_PER_SLOT = 30
+ARCH_CHOICES = 8
 _STATES = {"ok": TrialState.COMPLETE, "pruned": TrialState.PRUNED}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def distributions(objective: Objective) -> dict[str, BaseDistribution]:
+def uses_arch(objective: Objective, params: dict[str, Any]) -> bool:
+    """Whether a trial with these parameters is of the data-defined `arch` family."""
+    families = objective.model.families
+    return "arch" in families and (params.get("family") == "arch" or families == ("arch",))
+
+
+def known_architectures(seen: Sequence[SeenTrial]) -> tuple[str, ...]:
+    """Architectures that completed within the constraints, best first: Optuna's choices.
+
+    An architecture the LLM found good thus becomes a value Optuna can tune the numeric
+    parameters around in later cycles.
+    """
+    ranked = sorted(
+        (t for t in seen if "architecture" in t.params and t.val_reward is not None and t.feasible),
+        key=lambda t: -(t.val_reward or 0.0),
+    )
+    unique = dict.fromkeys(str(t.params["architecture"]) for t in ranked)
+    return tuple(unique)[:ARCH_CHOICES]
+
+
+def distributions(
+    objective: Objective, architectures: Sequence[str] = ()
+) -> dict[str, BaseDistribution]:
     dists: dict[str, BaseDistribution] = {}
+    if architectures:
+        dists["architecture"] = CategoricalDistribution(tuple(architectures))
     for name, p in objective.search_space.items():
         if isinstance(p, FloatParam):
             dists[name] = FloatDistribution(p.low, p.high, log=p.log)
@@ -48,7 +73,7 @@ def active(objective: Objective, params: dict[str, Any]) -> list[str]:
     for name, p in objective.search_space.items():
         if all(params.get(dep) == value for dep, value in (p.when or {}).items()):
             names.append(name)
-    return names
+    return [*names, "architecture"] if uses_arch(objective, params) else names
 
 
 def make_sampler(objective: Objective, seed: int) -> optuna.samplers.BaseSampler:
@@ -69,7 +94,7 @@ def _frozen(
     objective: Objective, dists: dict[str, BaseDistribution], t: SeenTrial
 ) -> FrozenTrial | None:
     """A history trial as Optuna knows it; None if it no longer fits the search space."""
-    names = [n for n in active(objective, t.params) if n in t.params]
+    names = [n for n in active(objective, t.params) if n in t.params and n in dists]
     state = _STATES.get(t.status, TrialState.FAIL)
     try:
         return optuna.trial.create_trial(
@@ -88,7 +113,7 @@ def _frozen(
 def build_study(objective: Objective, seen: Sequence[SeenTrial], seed: int) -> optuna.Study:
     """A fresh in-memory study that has been told every trial of history."""
     study = optuna.create_study(direction="maximize", sampler=make_sampler(objective, seed))
-    dists = distributions(objective)
+    dists = distributions(objective, known_architectures(seen))
     for t in seen:
         frozen = _frozen(objective, dists, t)
         if frozen is not None and not (t.status == "ok" and t.val_reward is None):
@@ -96,7 +121,10 @@ def build_study(objective: Objective, seen: Sequence[SeenTrial], seed: int) -> o
     return study
 
 
-def _suggest(objective: Objective, trial: optuna.Trial) -> dict[str, Any]:
+def _suggest(
+    objective: Objective, trial: optuna.Trial, architectures: Sequence[str]
+) -> dict[str, Any] | None:
+    """A define-by-run sample; None when it picks `arch` before any architecture is known."""
     params: dict[str, Any] = {}
     for name, p in objective.search_space.items():
         if not all(params.get(dep) == value for dep, value in (p.when or {}).items()):
@@ -107,6 +135,10 @@ def _suggest(objective: Objective, trial: optuna.Trial) -> dict[str, Any]:
             params[name] = trial.suggest_int(name, p.low, p.high, log=p.log, step=p.step)
         elif isinstance(p, CategoricalParam):
             params[name] = trial.suggest_categorical(name, list(p.choices))
+    if uses_arch(objective, params):
+        if not architectures:
+            return None
+        params["architecture"] = trial.suggest_categorical("architecture", list(architectures))
     return params
 
 
@@ -136,11 +168,15 @@ class OptunaProposer:
         ]
         for config in queued:
             study.enqueue_trial(config)
+        architectures = known_architectures(seen)
         proposals: list[Proposal] = []
         for _ in range(n):
             for _attempt in range(MAX_ASKS_PER_SLOT):
                 trial = study.ask()
-                params = _suggest(objective, trial)
+                params = _suggest(objective, trial, architectures)
+                if params is None:  # only the LLM proposes new architectures
+                    study.tell(trial, state=TrialState.FAIL)
+                    continue
                 key = params_key({**params, **objective.fixed})
                 if key not in tried:
                     break
