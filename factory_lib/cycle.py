@@ -153,9 +153,18 @@ def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
     return ProposalBatch(proposals=tuple(proposals), mix=mix, llm_report=report)
 
 
-def group_trials(proposals: Sequence[Proposal], size: int) -> list[tuple[Proposal, ...]]:
-    """Split proposals into foreach groups of at most `size` trials each."""
-    return [tuple(proposals[i : i + size]) for i in range(0, len(proposals), size)]
+def group_trials(proposals: Sequence[Proposal], size: int | str) -> list[tuple[Proposal, ...]]:
+    """Split proposals into foreach groups of at most `size` trials each.
+
+    `auto` makes one group per CPU core of this machine (process start-up and imports are then
+    paid once per core, not once per trial); set a number for remote GPUs.
+    """
+    if not proposals:
+        return []
+    if size == "auto":
+        size = -(-len(proposals) // min(len(proposals), os.cpu_count() or 1))
+    n = int(size)
+    return [tuple(proposals[i : i + n]) for i in range(0, len(proposals), n)]
 
 
 def results_from_task(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from factory_lib.data import DataSummary, Preprocessing, Splits, fingerprint_arrays, load_splits
 from factory_lib.imports import resolve
@@ -18,31 +19,78 @@ class DataModuleError(ValueError):
     """A user data module that cannot be used; the message says what is wrong."""
 
 
-class TensorDataModule(L.LightningDataModule):
-    """Small data sets held as tensors; shuffling follows the trial's seed."""
+EVAL_BATCH = 1024
 
-    def __init__(self, splits: Splits, batch_size: int) -> None:
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class DeviceBatches:
+    """Mini-batches cut from tensors that already live on the device: no DataLoader.
+
+    With `generator`, each pass draws exactly what a shuffling DataLoader with that generator
+    draws (one int64 for its workers' base seed, the permutation it uses, and the empty tail
+    permutation torch's RandomSampler draws when exhausted), so a trial sees the same batches
+    either way (tested).
+    """
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None
+    ) -> None:
+        self.x, self.y, self.batch_size, self.generator = x, y, batch_size, generator
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        if self.generator is None:
+            order = None
+        else:
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+            order = torch.randperm(n, generator=self.generator).to(self.x.device)
+            # Drawn now, not on exhaustion: Lightning stops after the last batch without
+            # asking for more, and the draws (hence the next epoch's order) must not depend
+            # on who iterates.
+            torch.randperm(n, generator=self.generator)
+        for i in range(0, n, self.batch_size):
+            if order is None:
+                yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
+            else:
+                idx = order[i : i + self.batch_size]
+                yield self.x[idx], self.y[idx]
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Small data sets held as tensors, moved to the accelerator once and batched there."""
+
+    def __init__(self, splits: Splits, batch_size: int, device: torch.device | None = None) -> None:
         super().__init__()
+        self.device = device or default_device()
         self.tensors = {
-            k: (torch.from_numpy(splits.x[k]), torch.from_numpy(splits.y[k])) for k in splits.x
+            k: (
+                torch.from_numpy(splits.x[k]).to(self.device),
+                torch.from_numpy(splits.y[k]).to(self.device),
+            )
+            for k in splits.x
         }
         self.batch_size = batch_size
 
-    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        # seed_everything(trial seed) ran before fit, so each trial shuffles its own way.
-        generator = torch.Generator().manual_seed(torch.initial_seed())
-        return DataLoader(
-            TensorDataset(*self.tensors["train"]),
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
+    def train_batches(self, seed: int) -> DeviceBatches:
+        return DeviceBatches(
+            *self.tensors["train"], self.batch_size, torch.Generator().manual_seed(seed)
         )
 
-    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        return DataLoader(TensorDataset(*self.tensors["val"]), batch_size=1024)
+    def train_dataloader(self) -> DeviceBatches:
+        # seed_everything(trial seed) ran before fit, so each trial shuffles its own way.
+        return self.train_batches(torch.initial_seed())
 
-    def test_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        return DataLoader(TensorDataset(*self.tensors["test"]), batch_size=1024)
+    def val_dataloader(self) -> DeviceBatches:
+        return DeviceBatches(*self.tensors["val"], EVAL_BATCH, None)
+
+    def test_dataloader(self) -> DeviceBatches:
+        return DeviceBatches(*self.tensors["test"], EVAL_BATCH, None)
 
 
 @dataclass(frozen=True)

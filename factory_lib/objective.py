@@ -229,7 +229,17 @@ class BudgetSpec(_Strict):
     patience: int = Field(
         default=3, ge=1, description="cycles without improvement before a loop stops"
     )
-    group_size: int = Field(default=1, ge=1, description="trials per foreach task")
+    group_size: int | Literal["auto"] = Field(
+        default="auto", description="trials per foreach task; auto: one task per CPU core"
+    )
+    fuse: bool = Field(default=True, description="train same-shape MLP trials as one model")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("group_size must be at least 1, or 'auto'")
+        return v
 
 
 class PromotionSpec(_Strict):

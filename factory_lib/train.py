@@ -33,6 +33,19 @@ TRAINING_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.0, "optimizer
 CAUSE_MAX_CHARS = 500
 
 
+def train_metric(objective: Objective) -> str:
+    """The validation metric a trial's curve and early stopping follow."""
+    reward = objective.reward.metric
+    return reward if reward in objective.metric_names else objective.metric_names[0]
+
+
+def serialise(net: nn.Module) -> bytes:
+    """A network's weights as bytes (CPU tensors), as history keeps them."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
 class TrialDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
@@ -54,11 +67,7 @@ class TrialModule(L.LightningModule):
         super().__init__()
         self.net = net
         self.task = objective.task
-        self.metric = (
-            objective.reward.metric
-            if objective.reward.metric in objective.metric_names
-            else objective.metric_names[0]
-        )
+        self.metric = train_metric(objective)
         self.training_params = {k: params.get(k, v) for k, v in TRAINING_DEFAULTS.items()}
         self.preprocessing = preprocessing
         self.loss_fn: nn.Module = (
@@ -246,9 +255,7 @@ def run_trial(
         )
     except Exception as exc:  # noqa: BLE001 - the boundary that turns any error into a record
         return TrialOutput(result("failed", _cause(exc)), None)
-    buf = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in module.net.state_dict().items()}, buf)
-    weights = buf.getvalue()
+    weights = serialise(module.net)
     return TrialOutput(
         result("ok", evaluation=evaluation, weights_sha=weights_fingerprint(weights)), weights
     )
@@ -266,15 +273,60 @@ def train_group(
     task_pathspec: str | None = None,
     concurrent_tasks: int = 1,
 ) -> list[TrialOutput]:
-    """Run proposals back to back in this process; one's failure never touches another."""
+    """Run a group of proposals in this process; one's failure never touches another.
+
+    Same-shape MLP trials are fused into one batched model (`budget.fuse`); the others train
+    back to back. Results come back in the order of `proposals`.
+    """
     if not torch.cuda.is_available():
         torch.set_num_threads(cpu_threads(concurrent_tasks))
     data = build_trial_data(objective)
+    done: dict[str, TrialOutput] = {}
+    for cluster in fusable_clusters(objective, proposals, data):
+        done.update(_train_fused_or_alone(objective, cluster, data))
+    for proposal in proposals:
+        if proposal.trial_id not in done:
+            done[proposal.trial_id] = run_trial(objective, proposal, data)
     outputs = []
     for proposal in proposals:
-        out = run_trial(objective, proposal, data, task_pathspec)
+        out = done[proposal.trial_id]
+        out = TrialOutput(
+            out.result.model_copy(update={"task_pathspec": task_pathspec}), out.weights
+        )
         r = out.result
-        summary = f"{r.status}" + (f" ({r.cause})" if r.cause else "")
-        print(f"[{proposal.trial_id}] {summary}", flush=True)
+        print(
+            f"[{proposal.trial_id}] {r.status}" + (f" ({r.cause})" if r.cause else ""), flush=True
+        )
         outputs.append(out)
     return outputs
+
+
+def fusable_clusters(
+    objective: Objective, proposals: Sequence[Proposal], data: TrialData
+) -> list[list[Proposal]]:
+    """Groups of two or more proposals that can train as one fused model."""
+    from factory_lib.datamodule import TensorDataModule
+    from factory_lib.fused import fuse_key
+
+    if not objective.budget.fuse or not isinstance(data.datamodule, TensorDataModule):
+        return []
+    clusters: dict[Any, list[Proposal]] = {}
+    for p in proposals:
+        key = fuse_key(objective, p.params)
+        if key is not None:
+            clusters.setdefault(key, []).append(p)
+    return [c for c in clusters.values() if len(c) > 1]
+
+
+def _train_fused_or_alone(
+    objective: Objective, cluster: list[Proposal], data: TrialData
+) -> dict[str, TrialOutput]:
+    from factory_lib.fused import train_fused
+
+    try:
+        outputs = train_fused(objective, cluster, data)
+    except Exception as exc:  # noqa: BLE001 - a fused failure must not lose the trials
+        print(f"fused training of {len(cluster)} trials failed ({_cause(exc)}); training alone")
+        return {p.trial_id: run_trial(objective, p, data) for p in cluster}
+    print(f"fused {len(cluster)} trials: {', '.join(p.trial_id for p in cluster)}", flush=True)
+    return {o.result.proposal.trial_id: o for o in outputs}

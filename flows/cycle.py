@@ -49,7 +49,7 @@ from factory_lib.objective import (  # noqa: E402
 DEFAULT_OBJECTIVE = "objectives/digits.yaml"
 # A train task may take its trials' own timeouts plus room for start-up, data and evaluation;
 # the trials stop themselves first, so this only fires on a hang outside a trial.
-TASK_TIMEOUT = "int(objective.budget.trial_timeout_s * objective.budget.group_size) + 600"
+TASK_TIMEOUT = "int(objective.budget.trial_timeout_s * objective.budget.trials_per_cycle) + 600"
 
 
 def _objective_source() -> str:

@@ -112,3 +112,24 @@ def test_standardised_features_stay_bounded_on_unseen_splits() -> None:
         for split in ("val", "test"):
             # digits has pixels that are (nearly) always 0 in its training split
             assert np.abs(splits.x[split]).max() < 20
+
+
+def test_device_batches_match_a_seeded_dataloader() -> None:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from factory_lib.data import load_splits
+    from factory_lib.datamodule import TensorDataModule
+
+    splits = load_splits(SMOKE.data, SMOKE.task)
+    dm = TensorDataModule(splits, batch_size=16, device=torch.device("cpu"))
+    x, y = dm.tensors["train"]
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(7)
+    )
+    batches = dm.train_batches(seed=7)
+    for _epoch in range(3):  # the generator carries over between epochs in both
+        pairs = list(zip(loader, batches, strict=True))
+        assert len(pairs) == len(batches) == -(-len(y) // 16)
+        for (lx, ly), (bx, by) in pairs:
+            assert torch.equal(lx, bx) and torch.equal(ly, by)

@@ -1,0 +1,84 @@
+"""Trial groups and fused trials, on the CPU: every trial keeps its own outcome."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from factory_lib.cycle import group_trials
+from factory_lib.datamodule import build_trial_data
+from factory_lib.fused import fuse_key, train_fused
+from factory_lib.objective import load_objective
+from factory_lib.propose.base import make_proposal
+from factory_lib.train import run_trial, train_group
+from tests.conftest import ROOT
+
+SMOKE = load_objective(ROOT / "objectives" / "smoke.yaml").with_overrides(epochs=6)
+
+
+def _proposals(objective, *params: dict) -> list:
+    return [make_proposal(objective, 1, i, i, p, "test", "") for i, p in enumerate(params)]
+
+
+def test_fused_trials_equal_the_same_trials_trained_alone() -> None:
+    proposals = _proposals(
+        SMOKE,
+        {"lr": 0.01, "width": 16, "depth": 1},
+        {"lr": 0.05, "width": 16, "depth": 1, "weight_decay": 0.01},
+        {"lr": 0.003, "width": 16, "depth": 1},
+    )
+    assert len({fuse_key(SMOKE, p.params) for p in proposals}) == 1
+    data = build_trial_data(SMOKE)
+    fused = train_fused(SMOKE, proposals, data)
+    alone = [run_trial(SMOKE, p, data) for p in proposals]
+    for f, a in zip(fused, alone, strict=True):
+        assert f.result.status == a.result.status == "ok", (f.result.cause, a.result.cause)
+        assert f.result.epochs == a.result.epochs
+        np.testing.assert_allclose(f.result.curve, a.result.curve, atol=1e-4)
+        assert f.result.evaluation.test == pytest.approx(a.result.evaluation.test, abs=1e-4)
+        assert f.result.evaluation.params == a.result.evaluation.params
+
+
+def test_one_diverging_trial_does_not_touch_its_fused_siblings() -> None:
+    proposals = _proposals(
+        SMOKE, {"lr": 0.01, "width": 8, "depth": 1}, {"lr": float("inf"), "width": 8, "depth": 1}
+    )
+    fused = train_fused(SMOKE, proposals, build_trial_data(SMOKE))
+    assert [o.result.status for o in fused] == ["ok", "diverged"]
+    assert fused[0].weights is not None and fused[1].weights is None
+
+
+def test_a_group_records_every_outcome() -> None:
+    planted = SMOKE.model_copy(
+        update={
+            "model": SMOKE.model.model_copy(update={"builder": "tests.builders:planted"}),
+            "budget": SMOKE.budget.model_copy(update={"trial_timeout_s": 2.0}),
+        }
+    )
+    behaviours = ["ok", "raise", "nan", "hang", "ok"]
+    proposals = _proposals(
+        planted, *({"behaviour": b, "width": 8 + i} for i, b in enumerate(behaviours))
+    )
+    outputs = train_group(planted, proposals, task_pathspec="CycleFlow/1/train/2")
+    assert [o.result.status for o in outputs] == ["ok", "failed", "diverged", "timeout", "ok"]
+    assert all(o.result.task_pathspec == "CycleFlow/1/train/2" for o in outputs)
+
+
+def test_group_mixes_fused_and_alone_trials_in_order() -> None:
+    proposals = _proposals(
+        SMOKE,
+        {"lr": 0.01, "width": 8, "depth": 1},
+        {"lr": 0.02, "width": 12, "depth": 2},  # a shape of its own: trains alone
+        {"lr": 0.03, "width": 8, "depth": 1},
+    )
+    outputs = train_group(SMOKE, proposals)
+    assert [o.result.proposal.trial_id for o in outputs] == [p.trial_id for p in proposals]
+    assert all(o.result.status == "ok" for o in outputs)
+
+
+def test_auto_groups_give_each_core_one_task(monkeypatch) -> None:
+    proposals = _proposals(SMOKE, *({"lr": 0.01 * (i + 1)} for i in range(8)))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert [len(g) for g in group_trials(proposals, "auto")] == [4, 4]
+    assert [len(g) for g in group_trials(proposals, 3)] == [3, 3, 2]
+    assert group_trials([], "auto") == []
