@@ -113,7 +113,6 @@ def train_fused(
     waits = [0] * k
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     val_x, val_y = dm.tensors["val"]
-    loss_fn = F.cross_entropy if objective.task == "classification" else F.mse_loss
     too_long = f"ran past the budget's trial_timeout_s ({objective.budget.trial_timeout_s:g} s)"
     for epoch in range(objective.budget.max_epochs):
         for group in zip(*batches, strict=True):
@@ -121,11 +120,13 @@ def train_fused(
             yb = torch.stack([b[1] for b in group])
             out = _stacked_forward(layers, xb, activation, dropouts, training=True)
             if objective.task == "classification":
-                losses = torch.stack([loss_fn(out[i], yb[i]) for i in range(k)])
+                flat = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none")
             else:
-                losses = torch.stack([loss_fn(out[i].squeeze(-1), yb[i]) for i in range(k)])
+                flat = F.mse_loss(out.squeeze(-1).flatten(), yb.flatten(), reduction="none")
+            losses = flat.view(k, -1).mean(dim=1)  # each trial's mean loss, as alone
+            finite = torch.isfinite(losses).tolist()
             for i in list(running):
-                if not torch.isfinite(losses[i]):
+                if not finite[i]:
                     status[i] = ("diverged", f"non-finite training loss at epoch {epoch}")
                     running.remove(i)
             if not running:

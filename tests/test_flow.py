@@ -72,7 +72,7 @@ def test_failed_trials_are_records_and_siblings_survive(tmp_path: Path) -> None:
         search_space={
             "behaviour": {"type": "categorical", "choices": ["ok", "raise", "nan", "hang"]}
         },
-        budget={"trials_per_cycle": 4, "trial_timeout_s": 4},
+        budget={"trials_per_cycle": 4, "trial_timeout_s": 6},
         proposers={"enqueue": [{"behaviour": b} for b in ("ok", "raise", "nan", "hang")]},
     )
     first = _end(run_cycle(objective, fresh=True))

@@ -52,7 +52,7 @@ def test_a_group_records_every_outcome() -> None:
     planted = SMOKE.model_copy(
         update={
             "model": SMOKE.model.model_copy(update={"builder": "tests.builders:planted"}),
-            "budget": SMOKE.budget.model_copy(update={"trial_timeout_s": 2.0}),
+            "budget": SMOKE.budget.model_copy(update={"trial_timeout_s": 5.0}),
         }
     )
     behaviours = ["ok", "raise", "nan", "hang", "ok"]
