@@ -1,8 +1,11 @@
-"""The `factory` command: drive chained cycles through metaflow.Runner.
+"""The `factory` command: drive chained cycles through metaflow.Runner, and look at them.
 
 factory loop --cycles 5                          # 5 more cycles of objectives/digits.yaml
 factory loop --cycles 3 --objective wine --trials 4 --epochs 10
 factory loop --cycles 2 --config path/to/objective.yaml --fresh
+factory status [--objective digits]              # the cycles of a search, one row each
+factory show c002-t05 [--objective digits]       # one trial's record
+factory export-optuna --objective digits sqlite:///digits.db   # history as an Optuna study
 """
 
 from __future__ import annotations
@@ -94,6 +97,74 @@ def loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def status(args: argparse.Namespace) -> int:
+    """Print the cycles of the objective's latest search as a table."""
+    from rich.console import Console
+
+    from factory_lib.analysis import budget_status, cycle_table, latest
+    from factory_lib.report import status_table
+
+    cycles = _cycles(args.objective)
+    console = Console()
+    console.print(status_table(args.objective, cycle_table(cycles)))
+    b = budget_status(latest(cycles))
+    console.print(
+        f"budget: {b.cycles_used} of {b.max_cycles} cycles, {b.cycles_left} left; "
+        f"{b.stale_cycles} of {b.patience} cycles without gain; "
+        f"{b.train_seconds_total:.1f} s of training in all"
+    )
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    """Print one trial's record from the objective's latest search."""
+    from rich.console import Console
+
+    from factory_lib.analysis import find_trial, latest
+    from factory_lib.report import trial_panel
+
+    record = find_trial(latest(_cycles(args.objective)).history, args.trial)
+    Console().print(trial_panel(record))
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write the objective's history as an Optuna study."""
+    from optuna.exceptions import DuplicatedStudyError
+
+    from factory_lib.analysis import export_optuna, latest
+
+    view = latest(_cycles(args.objective))
+    try:
+        study = export_optuna(view.objective, view.history, args.storage, args.study_name)
+    except DuplicatedStudyError:
+        name = args.study_name or view.objective.name
+        print(
+            f"factory: {args.storage} already holds a study {name!r}: "
+            "choose another --study-name or storage",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote {len(study.trials)} trials to study {study.study_name!r} in {args.storage}")
+    return 0
+
+
+def _cycles(objective_name: str) -> list[Any]:
+    """The cycles of an objective's latest search; LookupError when there are none."""
+    from factory_lib.history import ensure_metaflow_user
+
+    ensure_metaflow_user()  # before Metaflow reads its configuration
+    from factory_lib.analysis import load_cycles
+
+    cycles = load_cycles(objective_name, FLOW_NAME)
+    if not cycles:
+        raise LookupError(
+            f"objective {objective_name!r} has no successful cycle yet: "
+            "run `python flows/cycle.py run` (or `factory loop`) first"
+        )
+    return cycles
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +180,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--flow", type=Path, default=FLOW_FILE, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="show the flows' own output")
     p.set_defaults(func=loop)
+
+    p = sub.add_parser("status", help="a table of the cycles of an objective's search")
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    p.set_defaults(func=status)
+
+    p = sub.add_parser("show", help="one trial's record")
+    p.add_argument("trial", help="trial id, e.g. c002-t05")
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    p.set_defaults(func=show)
+
+    p = sub.add_parser("export-optuna", help="write the history as an Optuna study")
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    p.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///digits.db")
+    p.add_argument("--study-name", help="name of the study (default: the objective's)")
+    p.set_defaults(func=export)
     return parser
 
 
@@ -122,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ObjectiveError as exc:
         print(f"factory: {exc}", file=sys.stderr)
         return 2
+    except LookupError as exc:
+        print(f"factory: {exc.args[0]}", file=sys.stderr)
+        return 1
     return result
 
 
