@@ -11,9 +11,12 @@ factory export-optuna --objective digits sqlite:///digits.db   # history as an O
 from __future__ import annotations
 
 import argparse
+import asyncio
+import re
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,58 @@ def _progress_line(i: int, n: int, data: Any, seconds: float) -> str:
     )
 
 
+# The train step's line for a finished trial, e.g. "[c002-t05] ok" or "[c002-t01] failed (...)"
+TRIAL_DONE = re.compile(r"\[(c\d+-t\d+)\] (ok|failed|diverged|timeout|pruned)\b")
+
+
+@dataclass
+class _TrialWatch:
+    """Live progress of a running cycle, from the trial lines in its output."""
+
+    prefix: str
+    expected: int
+    best_before: float | None
+    finished: int = 0
+
+    def line(self, text: str) -> str | None:
+        """A progress line for a finished trial's output line; None for any other line."""
+        found = TRIAL_DONE.search(text)
+        if found is None:
+            return None
+        self.finished += 1
+        best = f"{self.best_before:.4f}" if self.best_before is not None else "none yet"
+        return (
+            f"  {self.prefix} trial {found[1]} {found[2]}: {self.finished} of {self.expected} "
+            f"finished | best val reward before this cycle {best}"
+        )
+
+
+@dataclass(frozen=True)
+class _CycleOutcome:
+    status: str
+    run: Any
+    stderr_tail: str
+
+
+async def _run_cycle(
+    args: argparse.Namespace, path: Path, params: dict[str, Any], watch: _TrialWatch
+) -> _CycleOutcome:
+    """Run one cycle through Runner, printing a line as each trial finishes."""
+    from metaflow.runner.metaflow_runner import Runner
+
+    async with Runner(str(args.flow), config=[("objective", str(path))]) as runner:
+        running = await runner.async_run(**params)
+        # Metaflow annotates stream_log as a plain Iterator; it is an async generator.
+        async for _, text in running.stream_log("stdout"):  # type: ignore[attr-defined]
+            progress = watch.line(text)
+            if args.verbose:
+                print(text, flush=True)
+            elif progress is not None:
+                print(progress, flush=True)
+        await running.wait()
+        return _CycleOutcome(running.status, running.run, running.stderr[-4000:])
+
+
 def loop(args: argparse.Namespace) -> int:
     """Run up to N chained cycles; stop early on budget or on `patience` cycles of no gain."""
     import torch  # noqa: F401  before Runner: Metaflow's vendored typing_extensions (#2462)
@@ -60,8 +115,6 @@ def loop(args: argparse.Namespace) -> int:
     from factory_lib.history import ensure_metaflow_user, latest_cycle
 
     ensure_metaflow_user()  # before Metaflow reads its configuration
-    from metaflow.runner.metaflow_runner import Runner
-
     path = _objective_file(args)
     objective = _load(path)
     budget = objective.budget
@@ -78,18 +131,21 @@ def loop(args: argparse.Namespace) -> int:
         if args.max_workers:
             params["max_workers"] = args.max_workers
         started = time.monotonic()
-        with Runner(
-            str(args.flow), show_output=args.verbose, config=[("objective", str(path))]
-        ).run(**params) as running:
-            if running.status != "successful":
-                print(running.stderr[-4000:], file=sys.stderr)
-                print(
-                    f"cycle {i} failed: fix the cause, then `python {args.flow} resume` reruns "
-                    "only what did not finish",
-                    file=sys.stderr,
-                )
-                return 1
-            data = running.run["end"].task.data  # type: ignore[attr-defined]
+        rewards = [r.val_reward for r in state.history if r.eligible] if state else []
+        best = max((v for v in rewards if v is not None), default=None)
+        watch = _TrialWatch(
+            f"[{i}/{args.cycles}]", args.trials or objective.budget.trials_per_cycle, best
+        )
+        outcome = asyncio.run(_run_cycle(args, path, params, watch))
+        if outcome.status != "successful":
+            print(outcome.stderr_tail, file=sys.stderr)
+            print(
+                f"cycle {i} failed: fix the cause, then `python {args.flow} resume` reruns "
+                "only what did not finish",
+                file=sys.stderr,
+            )
+            return 1
+        data = outcome.run["end"].task.data
         print(_progress_line(i, args.cycles, data, time.monotonic() - started), flush=True)
         if data.stale_cycles >= budget.patience:
             print(f"stop: no better reward for {data.stale_cycles} cycles (budget.patience)")
