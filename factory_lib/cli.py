@@ -1,16 +1,22 @@
-"""The `factory` command: drive chained cycles through metaflow.Runner.
+"""The `factory` command: drive chained cycles through metaflow.Runner, and look at them.
 
 factory loop --cycles 5                          # 5 more cycles of objectives/digits.yaml
 factory loop --cycles 3 --objective wine --trials 4 --epochs 10
 factory loop --cycles 2 --config path/to/objective.yaml --fresh
+factory status [--objective digits]              # the cycles of a search, one row each
+factory show c002-t05 [--objective digits]       # one trial's record
+factory export-optuna --objective digits sqlite:///digits.db   # history as an Optuna study
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import re
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,58 @@ def _progress_line(i: int, n: int, data: Any, seconds: float) -> str:
     )
 
 
+# The train step's line for a finished trial, e.g. "[c002-t05] ok" or "[c002-t01] failed (...)"
+TRIAL_DONE = re.compile(r"\[(c\d+-t\d+)\] (ok|failed|diverged|timeout|pruned)\b")
+
+
+@dataclass
+class _TrialWatch:
+    """Live progress of a running cycle, from the trial lines in its output."""
+
+    prefix: str
+    expected: int
+    best_before: float | None
+    finished: int = 0
+
+    def line(self, text: str) -> str | None:
+        """A progress line for a finished trial's output line; None for any other line."""
+        found = TRIAL_DONE.search(text)
+        if found is None:
+            return None
+        self.finished += 1
+        best = f"{self.best_before:.4f}" if self.best_before is not None else "none yet"
+        return (
+            f"  {self.prefix} trial {found[1]} {found[2]}: {self.finished} of {self.expected} "
+            f"finished | best val reward before this cycle {best}"
+        )
+
+
+@dataclass(frozen=True)
+class _CycleOutcome:
+    status: str
+    run: Any
+    stderr_tail: str
+
+
+async def _run_cycle(
+    args: argparse.Namespace, path: Path, params: dict[str, Any], watch: _TrialWatch
+) -> _CycleOutcome:
+    """Run one cycle through Runner, printing a line as each trial finishes."""
+    from metaflow.runner.metaflow_runner import Runner
+
+    async with Runner(str(args.flow), config=[("objective", str(path))]) as runner:
+        running = await runner.async_run(**params)
+        # Metaflow annotates stream_log as a plain Iterator; it is an async generator.
+        async for _, text in running.stream_log("stdout"):  # type: ignore[attr-defined]
+            progress = watch.line(text)
+            if args.verbose:
+                print(text, flush=True)
+            elif progress is not None:
+                print(progress, flush=True)
+        await running.wait()
+        return _CycleOutcome(running.status, running.run, running.stderr[-4000:])
+
+
 def loop(args: argparse.Namespace) -> int:
     """Run up to N chained cycles; stop early on budget or on `patience` cycles of no gain."""
     import torch  # noqa: F401  before Runner: Metaflow's vendored typing_extensions (#2462)
@@ -57,8 +115,6 @@ def loop(args: argparse.Namespace) -> int:
     from factory_lib.history import ensure_metaflow_user, latest_cycle
 
     ensure_metaflow_user()  # before Metaflow reads its configuration
-    from metaflow.runner.metaflow_runner import Runner
-
     path = _objective_file(args)
     objective = _load(path)
     budget = objective.budget
@@ -75,23 +131,94 @@ def loop(args: argparse.Namespace) -> int:
         if args.max_workers:
             params["max_workers"] = args.max_workers
         started = time.monotonic()
-        with Runner(
-            str(args.flow), show_output=args.verbose, config=[("objective", str(path))]
-        ).run(**params) as running:
-            if running.status != "successful":
-                print(running.stderr[-4000:], file=sys.stderr)
-                print(
-                    f"cycle {i} failed: fix the cause, then `python {args.flow} resume` reruns "
-                    "only what did not finish",
-                    file=sys.stderr,
-                )
-                return 1
-            data = running.run["end"].task.data  # type: ignore[attr-defined]
+        rewards = [r.val_reward for r in state.history if r.eligible] if state else []
+        best = max((v for v in rewards if v is not None), default=None)
+        watch = _TrialWatch(
+            f"[{i}/{args.cycles}]", args.trials or objective.budget.trials_per_cycle, best
+        )
+        outcome = asyncio.run(_run_cycle(args, path, params, watch))
+        if outcome.status != "successful":
+            print(outcome.stderr_tail, file=sys.stderr)
+            print(
+                f"cycle {i} failed: fix the cause, then `python {args.flow} resume` reruns "
+                "only what did not finish",
+                file=sys.stderr,
+            )
+            return 1
+        data = outcome.run["end"].task.data
         print(_progress_line(i, args.cycles, data, time.monotonic() - started), flush=True)
         if data.stale_cycles >= budget.patience:
             print(f"stop: no better reward for {data.stale_cycles} cycles (budget.patience)")
             return 0
     return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print the cycles of the objective's latest search as a table."""
+    from rich.console import Console
+
+    from factory_lib.analysis import budget_status, cycle_table, latest
+    from factory_lib.report import status_table
+
+    cycles = _cycles(args.objective)
+    console = Console()
+    console.print(status_table(args.objective, cycle_table(cycles)))
+    b = budget_status(latest(cycles))
+    console.print(
+        f"budget: {b.cycles_used} of {b.max_cycles} cycles, {b.cycles_left} left; "
+        f"{b.stale_cycles} of {b.patience} cycles without gain; "
+        f"{b.train_seconds_total:.1f} s of training in all"
+    )
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    """Print one trial's record from the objective's latest search."""
+    from rich.console import Console
+
+    from factory_lib.analysis import find_trial, latest
+    from factory_lib.report import trial_panel
+
+    record = find_trial(latest(_cycles(args.objective)).history, args.trial)
+    Console().print(trial_panel(record))
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write the objective's history as an Optuna study."""
+    from optuna.exceptions import DuplicatedStudyError
+
+    from factory_lib.analysis import export_optuna, latest
+
+    view = latest(_cycles(args.objective))
+    try:
+        study = export_optuna(view.objective, view.history, args.storage, args.study_name)
+    except DuplicatedStudyError:
+        name = args.study_name or view.objective.name
+        print(
+            f"factory: {args.storage} already holds a study {name!r}: "
+            "choose another --study-name or storage",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"wrote {len(study.trials)} trials to study {study.study_name!r} in {args.storage}")
+    return 0
+
+
+def _cycles(objective_name: str) -> list[Any]:
+    """The cycles of an objective's latest search; LookupError when there are none."""
+    from factory_lib.history import ensure_metaflow_user
+
+    ensure_metaflow_user()  # before Metaflow reads its configuration
+    from factory_lib.analysis import load_cycles
+
+    cycles = load_cycles(objective_name, FLOW_NAME)
+    if not cycles:
+        raise LookupError(
+            f"objective {objective_name!r} has no successful cycle yet: "
+            "run `python flows/cycle.py run` (or `factory loop`) first"
+        )
+    return cycles
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,6 +236,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--flow", type=Path, default=FLOW_FILE, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="show the flows' own output")
     p.set_defaults(func=loop)
+
+    p = sub.add_parser("status", help="a table of the cycles of an objective's search")
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    p.set_defaults(func=status)
+
+    p = sub.add_parser("show", help="one trial's record")
+    p.add_argument("trial", help="trial id, e.g. c002-t05")
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    p.set_defaults(func=show)
+
+    p = sub.add_parser("export-optuna", help="write the history as an Optuna study")
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    p.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///digits.db")
+    p.add_argument("--study-name", help="name of the study (default: the objective's)")
+    p.set_defaults(func=export)
     return parser
 
 
@@ -122,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ObjectiveError as exc:
         print(f"factory: {exc}", file=sys.stderr)
         return 2
+    except LookupError as exc:
+        print(f"factory: {exc.args[0]}", file=sys.stderr)
+        return 1
     return result
 
 

@@ -82,7 +82,7 @@ def check_extends(previous: Sequence[TrialRecord], current: Sequence[TrialRecord
 
 
 @contextmanager
-def _all_namespaces() -> Iterator[None]:
+def all_namespaces() -> Iterator[None]:
     """Cycles run by a scheduler or a colleague belong to one search: look in every namespace."""
     from metaflow.client.core import get_namespace, namespace
 
@@ -99,7 +99,7 @@ def cycle_runs(flow_name: str, objective_name: str) -> list[Any]:
     from metaflow.client.core import Flow
     from metaflow.exception import MetaflowNotFound
 
-    with _all_namespaces():
+    with all_namespaces():
         try:
             runs = list(Flow(flow_name).runs(objective_tag(objective_name)))  # type: ignore[no-untyped-call]
         except MetaflowNotFound:
@@ -115,7 +115,7 @@ def latest_cycle(
     for run in cycle_runs(flow_name, objective_name):
         if run.id == exclude_run:
             continue
-        with _all_namespaces():
+        with all_namespaces():
             data = run["end"].task.data
             return CycleState(
                 run_pathspec=run.pathspec,

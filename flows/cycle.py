@@ -6,7 +6,7 @@
     propose  ask the proposers for this cycle's trials (they see validation numbers only)
     train    one Lightning fit per trial; every outcome, crash included, becomes a record
     join     score, extend the append-only history, run the champion/challenger gate
-    end      tag the run `objective:<name>` so the next cycle chains from it
+    end      render the cycle card; tag the run `objective:<name>` so the next cycle chains
 
 Run it:
 
@@ -14,6 +14,7 @@ Run it:
     python flows/cycle.py --config objective objectives/wine.yaml run --trials 4 --epochs 5
     python flows/cycle.py run --fresh                       # start a new search
     python flows/cycle.py resume                            # rerun only what did not finish
+    python flows/cycle.py card get <run-id>/end card.html   # the cycle card, to open offline
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from metaflow import (  # noqa: E402
     FlowSpec,
     Parameter,
     Run,
+    card,
     catch,
     config_expr,
     current,
@@ -50,6 +52,8 @@ DEFAULT_OBJECTIVE = "objectives/digits.yaml"
 # A train task may take its trials' own timeouts plus room for start-up, data and evaluation;
 # the trials stop themselves first, so this only fires on a hang outside a trial.
 TASK_TIMEOUT = "int(objective.budget.trial_timeout_s * objective.budget.trials_per_cycle) + 600"
+# Cards render in a subprocess after the task; a busy machine can make that slow.
+CARD_TIMEOUT_S = 180
 
 
 def _objective_source() -> str:
@@ -176,11 +180,25 @@ class CycleFlow(FlowSpec):
         print(outcome.summary_line())
         self.next(self.end)
 
+    @card(type="blank", id="cycle", timeout=CARD_TIMEOUT_S)
     @step
     def end(self):
-        """Tag the run so the next cycle of this objective starts from it."""
+        """Render the cycle card, then tag the run so the next cycle starts from it."""
+        from factory_lib.analysis import CycleView
+        from factory_lib.cards import cycle_card
         from factory_lib.history import objective_tag
 
+        view = CycleView(
+            objective=self.plan.objective,
+            cycle=self.cycle,
+            records=self.records,
+            history=self.history,
+            decision=self.decision,
+            champion=self.champion,
+            stale_cycles=self.stale_cycles,
+            run_pathspec=f"{current.flow_name}/{current.run_id}",
+        )
+        current.card["cycle"].extend(cycle_card(view))
         Run(f"{current.flow_name}/{current.run_id}").add_tag(
             objective_tag(self.plan.objective.name)
         )

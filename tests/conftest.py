@@ -46,10 +46,12 @@ def run_cycle(objective: Path, env: dict[str, str] | None = None, **params: Any)
     """Run one real cycle through metaflow.Runner; returns the finished metaflow.Run."""
     from metaflow import Runner
 
+    # cwd: Metaflow 2.19 writes cards under the working directory's `.metaflow/mf.cards` but
+    # the Client API reads them from the datastore root's; the same place only from here.
     with Runner(
         FLOW,
         show_output=False,
-        cwd=str(ROOT),
+        cwd=_DATASTORE,
         env=env or {},
         config=[("objective", str(objective))],
     ).run(max_workers=2, **params) as running:

@@ -110,9 +110,21 @@ def _frozen(
         return None
 
 
-def build_study(objective: Objective, seen: Sequence[SeenTrial], seed: int) -> optuna.Study:
-    """A fresh in-memory study that has been told every trial of history."""
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(objective, seed))
+def build_study(
+    objective: Objective,
+    seen: Sequence[SeenTrial],
+    seed: int,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> optuna.Study:
+    """A fresh study that has been told every trial of history: in memory for proposing, or
+    in `storage` (an Optuna storage URL) when exporting history to Optuna's tools."""
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=make_sampler(objective, seed),
+        storage=storage,
+        study_name=study_name,
+    )
     dists = distributions(objective, known_architectures(seen))
     for t in seen:
         frozen = _frozen(objective, dists, t)

@@ -1,0 +1,517 @@
+"""Analysis: everything a person asks of the factory, from the records the cycles keep.
+
+Two layers. `load_cycles` reads the cycles of an objective through the Metaflow Client API
+into `CycleView`s; every other function is pure and works on `TrialRecord`s and `CycleView`s,
+so the cycle card (built inside the flow from the end step's artifacts), the notebook and the
+`factory` CLI all compute the same tables the same way. Nothing here depends on which
+proposer made a trial: proposers are told apart by `proposal.source` only.
+
+Rewards are always "larger is better" (see `factory_lib.reward`); metrics carry directions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+
+from factory_lib.objective import METRIC_DIRECTIONS, Objective
+from factory_lib.records import TrialRecord
+from factory_lib.registry import Champion, PromotionDecision
+
+if TYPE_CHECKING:
+    import optuna
+
+FLOW_NAME = "CycleFlow"
+COST_COLUMNS = ("n_params", "latency_ms", "train_seconds")
+Direction = Literal["maximize", "minimize"]
+
+
+@dataclass(frozen=True)
+class CycleView:
+    """One finished cycle as the analysis sees it: the end step's artifacts, read-only."""
+
+    objective: Objective
+    cycle: int
+    records: tuple[TrialRecord, ...]
+    history: tuple[TrialRecord, ...]
+    decision: PromotionDecision
+    champion: Champion | None
+    stale_cycles: int
+    run_pathspec: str | None = None
+    created_at: str | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run_pathspec.split("/")[-1] if self.run_pathspec else None
+
+
+@dataclass(frozen=True)
+class ParetoAxis:
+    """One named objective of a Pareto front: a metric of the validation split and a direction."""
+
+    metric: str
+    direction: Direction
+
+    @property
+    def column(self) -> str:
+        return column_of(self.metric)
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """What the objective's budget allows, what the search has spent, and what is left."""
+
+    cycles_used: int
+    max_cycles: int
+    trials_this_cycle: int
+    trials_per_cycle: int
+    trials_total: int
+    train_seconds_cycle: float
+    train_seconds_total: float
+    stale_cycles: int
+    patience: int
+
+    @property
+    def cycles_left(self) -> int:
+        return max(0, self.max_cycles - self.cycles_used)
+
+    @property
+    def cycles_before_patience_stop(self) -> int:
+        return max(0, self.patience - self.stale_cycles)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading cycles through the Client API
+
+
+def load_cycles(
+    objective_name: str, flow_name: str = FLOW_NAME, all_searches: bool = False
+) -> list[CycleView]:
+    """The successful cycles of an objective, oldest first.
+
+    By default only the latest search (from its newest cycle 1 on): `--fresh` starts a new
+    search under the same tag, and its cycle numbers start again at 1.
+    """
+    from factory_lib.history import all_namespaces, cycle_runs
+
+    views: list[CycleView] = []
+    with all_namespaces():
+        for run in cycle_runs(flow_name, objective_name):  # newest first
+            views.append(view_of_run(run))
+            if views[-1].cycle == 1 and not all_searches:
+                break
+    return views[::-1]
+
+
+def view_of_run(run: Any) -> CycleView:
+    """A finished cycle's `CycleView` from its metaflow.Run (artifacts load lazily, by name)."""
+    data = run["end"].task.data
+    return CycleView(
+        objective=data.plan.objective,
+        cycle=data.cycle,
+        records=tuple(data.records),
+        history=tuple(data.history),
+        decision=data.decision,
+        champion=data.champion,
+        stale_cycles=data.stale_cycles,
+        run_pathspec=run.pathspec,
+        created_at=str(run.created_at),
+    )
+
+
+def latest(cycles: Sequence[CycleView]) -> CycleView:
+    """The newest cycle; a clear error when the objective has none yet."""
+    if not cycles:
+        raise LookupError("no successful cycle yet: run `python flows/cycle.py run` first")
+    return cycles[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials
+
+
+def column_of(metric: str) -> str:
+    """The leaderboard column of a validation metric (`params` is the count, `n_params`)."""
+    if metric == "params":
+        return "n_params"
+    if metric in ("latency_ms", "train_seconds"):
+        return metric
+    return f"val_{metric}"
+
+
+def leaderboard(records: Sequence[TrialRecord]) -> pd.DataFrame:
+    """Every trial, best first: parameters, source, status, metrics, reward and cost.
+
+    Columns: `rank` (1 is the best eligible trial by validation reward; none for the others),
+    `trial_id`, `cycle`, `number`, `source`, `status`, `feasible`, `val_reward`,
+    `test_reward`, `val_<metric>` and `test_<metric>` for each quality metric, the cost
+    (`n_params`, `latency_ms`, `train_seconds`), `epochs`, `cause`, `violations`,
+    `rationale`, and one `param_<name>` per hyperparameter. Missing values are NaN.
+    """
+    rows = [_trial_row(r) for r in records]
+    frame = pd.DataFrame(rows, columns=_columns(rows))
+    if frame.empty:
+        return frame
+    eligible = frame["eligible"]
+    frame["_order"] = frame["val_reward"].where(eligible)
+    frame = frame.sort_values(["_order", "number"], ascending=[False, True], na_position="last")
+    ranks = range(1, int(eligible.sum()) + 1)
+    frame["rank"] = pd.array([*ranks, *([pd.NA] * int((~eligible).sum()))], dtype="Int64")
+    return frame.drop(columns=["_order"]).reset_index(drop=True)
+
+
+_LEADING = ["rank", "trial_id", "cycle", "number", "source", "status", "feasible", "eligible"]
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = dict.fromkeys(_LEADING)
+    for row in rows:
+        seen.update(dict.fromkeys(k for k in row if not k.startswith("param_")))
+    for row in rows:
+        seen.update(dict.fromkeys(k for k in row if k.startswith("param_")))
+    return list(seen)
+
+
+def _trial_row(r: TrialRecord) -> dict[str, Any]:
+    ev = r.result.evaluation
+    row: dict[str, Any] = {
+        "rank": pd.NA,
+        "trial_id": r.trial_id,
+        "cycle": r.proposal.cycle,
+        "number": r.proposal.number,
+        "source": r.proposal.source,
+        "status": r.status,
+        "feasible": r.feasible,
+        "eligible": r.eligible,
+        "val_reward": _num(r.val_reward),
+        "test_reward": _num(r.test_reward),
+    }
+    if ev is not None:
+        row.update({f"val_{k}": v for k, v in ev.val.items()})
+        row.update({f"test_{k}": v for k, v in ev.test.items()})
+    row.update(
+        {
+            "n_params": float(ev.params) if ev else math.nan,
+            "latency_ms": ev.latency_ms if ev else math.nan,
+            "train_seconds": ev.train_seconds if ev else math.nan,
+            "epochs": r.result.epochs,
+            "cause": r.result.cause,
+            "violations": "; ".join(v for v in r.violations if not v.startswith("status ")),
+            "rationale": r.proposal.rationale,
+        }
+    )
+    row.update({f"param_{k}": v for k, v in sorted(r.proposal.params.items())})
+    return row
+
+
+def _num(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def failed_trials(records: Sequence[TrialRecord]) -> pd.DataFrame:
+    """The trials that did not complete, with their status and cause, in trial order."""
+    rows = [
+        {
+            "trial_id": r.trial_id,
+            "cycle": r.proposal.cycle,
+            "source": r.proposal.source,
+            "status": r.status,
+            "cause": r.result.cause,
+        }
+        for r in records
+        if r.status != "ok"
+    ]
+    return pd.DataFrame(rows, columns=["trial_id", "cycle", "source", "status", "cause"])
+
+
+def find_trial(records: Sequence[TrialRecord], trial_id: str) -> TrialRecord:
+    """The record of one trial by its id (e.g. `c002-t05`)."""
+    for r in records:
+        if r.trial_id == trial_id:
+            return r
+    known = ", ".join(r.trial_id for r in records[-5:])
+    raise LookupError(f"no trial {trial_id!r} in this search (latest: {known or 'none'})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+def best_so_far(records: Sequence[TrialRecord]) -> pd.DataFrame:
+    """By trial, in the order they were proposed: each trial's validation reward (NaN unless
+    eligible) and the best eligible validation reward up to and including it."""
+    ordered = sorted(records, key=lambda r: r.proposal.number)
+    frame = pd.DataFrame(
+        {
+            "number": [r.proposal.number for r in ordered],
+            "trial_id": [r.trial_id for r in ordered],
+            "cycle": [r.proposal.cycle for r in ordered],
+            "source": [r.proposal.source for r in ordered],
+            "val_reward": [_num(r.val_reward) if r.eligible else math.nan for r in ordered],
+        }
+    )
+    # cummax leaves NaN where a trial has no reward; the best so far carries over those
+    frame["best_val_reward"] = frame["val_reward"].cummax().ffill()
+    return frame
+
+
+def best_by_cycle(records: Sequence[TrialRecord]) -> pd.DataFrame:
+    """By cycle: trials run, the cycle's best eligible validation reward, and the best so far."""
+    by_trial = best_so_far(records)
+    if by_trial.empty:
+        return pd.DataFrame(columns=["cycle", "trials", "cycle_best", "best_val_reward"])
+    grouped = by_trial.groupby("cycle", sort=True)
+    frame = pd.DataFrame(
+        {
+            "trials": grouped.size(),
+            "cycle_best": grouped["val_reward"].max(),
+            "best_val_reward": grouped["best_val_reward"].last(),
+        }
+    )
+    return frame.reset_index()
+
+
+def improvements(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The trials that raised the best eligible validation reward when they ran."""
+    best = -math.inf
+    raised = []
+    for r in sorted(records, key=lambda r: r.proposal.number):
+        if r.eligible and r.val_reward is not None and r.val_reward > best:
+            best = r.val_reward
+            raised.append(r)
+    return raised
+
+
+# ---------------------------------------------------------------------------------------------
+# Pareto front
+
+
+def default_pareto_axes(objective: Objective) -> tuple[ParetoAxis, ParetoAxis]:
+    """The reward's validation metric against model size: quality against cost."""
+    return (
+        ParetoAxis(objective.reward.metric, objective.reward.resolved_direction),
+        ParetoAxis("params", "minimize"),
+    )
+
+
+def axis(metric: str) -> ParetoAxis:
+    """A Pareto axis for a named metric, in the metric's own direction."""
+    if metric not in METRIC_DIRECTIONS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRIC_DIRECTIONS)}")
+    return ParetoAxis(metric, METRIC_DIRECTIONS[metric])
+
+
+def pareto_front(records: Sequence[TrialRecord], axes: Sequence[ParetoAxis]) -> pd.DataFrame:
+    """The completed, feasible trials that no other such trial dominates on `axes`.
+
+    A dominates B when A is at least as good on every axis and better on one, each axis in
+    its own direction. Returns their leaderboard rows, best validation reward first.
+    """
+    if len(axes) < 2:
+        raise ValueError("a Pareto front needs at least two axes")
+    candidates = [r for r in records if r.eligible and r.result.evaluation is not None]
+    points = [
+        tuple(_signed(r.result.evaluation.metrics("val")[a.metric], a) for a in axes)  # type: ignore[union-attr]
+        for r in candidates
+    ]
+    front = [
+        r
+        for r, p in zip(candidates, points, strict=True)
+        if not any(_dominates(q, p) for q in points)
+    ]
+    return leaderboard(front)
+
+
+def _signed(value: float, a: ParetoAxis) -> float:
+    """Larger is better on every signed axis."""
+    return value if a.direction == "maximize" else -value
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x >= y for x, y in zip(a, b, strict=True)) and any(
+        x > y for x, y in zip(a, b, strict=True)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Proposers, cycles, champions, budget
+
+
+PROPOSER_COLUMNS = [
+    "source",
+    "trials",
+    "ok",
+    "not_ok",
+    "ok_rate",
+    "feasible",
+    "best_val_reward",
+    "mean_val_reward",
+    "improvements",
+    "train_seconds",
+]
+
+
+def proposer_stats(records: Sequence[TrialRecord]) -> pd.DataFrame:
+    """Per proposer (`proposal.source`): how many trials, how many worked, how good, at what
+    cost, and how often one of its trials raised the best so far. Best proposer first."""
+    raised = {r.trial_id for r in improvements(records)}
+    rows = []
+    for source in sorted({r.proposal.source for r in records}):
+        mine = [r for r in records if r.proposal.source == source]
+        rewards = [r.val_reward for r in mine if r.eligible and r.val_reward is not None]
+        ok = sum(r.status == "ok" for r in mine)
+        rows.append(
+            {
+                "source": source,
+                "trials": len(mine),
+                "ok": ok,
+                "not_ok": len(mine) - ok,
+                "ok_rate": ok / len(mine),
+                "feasible": sum(r.eligible for r in mine),
+                "best_val_reward": max(rewards) if rewards else math.nan,
+                "mean_val_reward": sum(rewards) / len(rewards) if rewards else math.nan,
+                "improvements": sum(r.trial_id in raised for r in mine),
+                "train_seconds": sum(
+                    r.result.evaluation.train_seconds for r in mine if r.result.evaluation
+                ),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=PROPOSER_COLUMNS)
+    return frame.sort_values("best_val_reward", ascending=False, na_position="last").reset_index(
+        drop=True
+    )
+
+
+CYCLE_COLUMNS = [
+    "cycle",
+    "run_id",
+    "trials",
+    "ok",
+    "not_ok",
+    "cycle_best",
+    "best_val_reward",
+    "decision",
+    "champion",
+    "champion_test",
+    "train_seconds",
+]
+
+
+def cycle_table(cycles: Sequence[CycleView]) -> pd.DataFrame:
+    """One row per cycle: trials ok and not, the cycle's best and the best so far (validation
+    reward), the promotion decision, the champion after it and the training seconds spent."""
+    rows = []
+    for view in cycles:
+        progress = best_by_cycle(view.history)
+        best = progress[progress["cycle"] == view.cycle]
+        ok = sum(r.status == "ok" for r in view.records)
+        rows.append(
+            {
+                "cycle": view.cycle,
+                "run_id": view.run_id,
+                "trials": len(view.records),
+                "ok": ok,
+                "not_ok": len(view.records) - ok,
+                "cycle_best": float(best["cycle_best"].iloc[0]) if len(best) else math.nan,
+                "best_val_reward": float(best["best_val_reward"].iloc[0])
+                if len(best)
+                else math.nan,
+                "decision": view.decision.status,
+                "champion": view.champion.trial_id if view.champion else None,
+                "champion_test": view.champion.test_value if view.champion else math.nan,
+                "train_seconds": _train_seconds(view.records),
+            }
+        )
+    return pd.DataFrame(rows, columns=CYCLE_COLUMNS)
+
+
+def _train_seconds(records: Sequence[TrialRecord]) -> float:
+    return float(sum(r.result.evaluation.train_seconds for r in records if r.result.evaluation))
+
+
+LINEAGE_COLUMNS = [
+    "promoted_in_cycle",
+    "trial_id",
+    "source",
+    "rationale",
+    "params",
+    "metric",
+    "test_value",
+    "parent",
+    "delta",
+    "reason",
+]
+
+
+def champion_lineage(cycles: Sequence[CycleView]) -> pd.DataFrame:
+    """Every promotion of the search, oldest first: which trial, from which proposer and why,
+    its held-out metric, the champion it replaced (`parent`) and by how much."""
+    rows = []
+    for view in cycles:
+        champ = view.champion
+        if view.decision.status != "promoted" or champ is None:
+            continue
+        rows.append(
+            {
+                "promoted_in_cycle": view.cycle,
+                "trial_id": champ.trial_id,
+                "source": champ.record.proposal.source,
+                "rationale": champ.record.proposal.rationale,
+                "params": dict(champ.record.proposal.params),
+                "metric": champ.metric,
+                "test_value": champ.test_value,
+                "parent": view.decision.champion,
+                "delta": _num(view.decision.delta),
+                "reason": view.decision.reason,
+            }
+        )
+    return pd.DataFrame(rows, columns=LINEAGE_COLUMNS)
+
+
+def budget_status(view: CycleView) -> BudgetStatus:
+    """The objective's budget against what the search has spent up to this cycle."""
+    budget = view.objective.budget
+    return BudgetStatus(
+        cycles_used=view.cycle,
+        max_cycles=budget.max_cycles,
+        trials_this_cycle=len(view.records),
+        trials_per_cycle=budget.trials_per_cycle,
+        trials_total=len(view.history),
+        train_seconds_cycle=_train_seconds(view.records),
+        train_seconds_total=_train_seconds(view.history),
+        stale_cycles=view.stale_cycles,
+        patience=budget.patience,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The Optuna ecosystem
+
+
+def export_optuna(
+    objective: Objective,
+    records: Sequence[TrialRecord],
+    storage: str,
+    study_name: str | None = None,
+) -> optuna.Study:
+    """Write the history as an Optuna study in `storage` (e.g. `sqlite:///digits.db`).
+
+    The study is the one the Optuna proposer rebuilds every cycle (validation rewards only,
+    failures as FAIL, constraint excess as constraints), so optuna-dashboard and Optuna's
+    plots show what the proposer saw. Each trial carries its `trial_id` as a user attribute.
+    An existing study of that name is an error (optuna.exceptions.DuplicatedStudyError).
+    """
+    from factory_lib.propose import seen_by_proposers
+    from factory_lib.propose.optuna_proposer import build_study
+
+    return build_study(
+        objective,
+        seen_by_proposers(objective, records),
+        seed=objective.proposers.seed,
+        storage=storage,
+        study_name=study_name or objective.name,
+    )

@@ -1,0 +1,177 @@
+"""The cycle card: what one cycle tried, what worked, what it cost and why it decided.
+
+`cycle_card` turns a `CycleView` into Metaflow card components; the flow's end step appends
+them to its `@card(type="blank", id="cycle")`. Every number comes from `factory_lib.analysis`
+and every plot from `factory_lib.plots`, so the card, the notebook and `factory status` agree.
+Plots are embedded as PNGs: the card is one self-contained HTML file, viewable offline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+from metaflow.plugins.cards.card_modules.components import Image, Markdown, ProgressBar, Table
+
+from factory_lib import analysis, plots
+from factory_lib.analysis import CycleView
+
+CARD_ID = "cycle"
+CAUSE_CHARS = 300
+
+
+def cycle_card(view: CycleView) -> list[Any]:
+    """The card's components, top to bottom."""
+    return [
+        *_header(view),
+        *_decision(view),
+        *_budget(view),
+        *_leaderboard(view),
+        *_progress(view),
+        *_pareto(view),
+        *_proposers(view),
+        *_failures(view),
+    ]
+
+
+def _header(view: CycleView) -> list[Any]:
+    ok = sum(r.status == "ok" for r in view.records)
+    where = f" · run `{view.run_pathspec}`" if view.run_pathspec else ""
+    return [
+        Markdown(
+            f"# {view.objective.name}: cycle {view.cycle}\n\n"
+            f"{len(view.records)} trials this cycle ({ok} ok, {len(view.records) - ok} not), "
+            f"{len(view.history)} in the search so far{where}"
+        )
+    ]
+
+
+def _decision(view: CycleView) -> list[Any]:
+    d = view.decision
+    lines = [f"## Promotion decision: {d.status}", "", d.reason]
+    if d.challenger:
+        lines.append(f"\n- challenger: `{d.challenger}`")
+    if d.champion:
+        lines.append(f"- champion before: `{d.champion}`")
+    if d.delta is not None:
+        lines.append(f"- delta on the held-out split: {d.delta:+.4g}")
+    champ = view.champion
+    if champ is not None:
+        p = champ.record.proposal
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(p.params.items()))
+        lines += [
+            "",
+            f"**Champion** `{champ.trial_id}` (promoted in cycle {champ.promoted_in_cycle}): "
+            f"test {champ.metric} {champ.test_value:.4g}, validation reward "
+            f"{_fmt(champ.record.val_reward)}; proposed by `{p.source}`: {p.rationale or '-'}",
+            "",
+            f"parameters: {params}",
+        ]
+    return [Markdown("\n".join(lines))]
+
+
+def _budget(view: CycleView) -> list[Any]:
+    b = analysis.budget_status(view)
+    return [
+        Markdown(
+            "## Budget\n\n"
+            f"{b.cycles_used} of {b.max_cycles} cycles spent, {b.cycles_left} left; "
+            f"{b.trials_this_cycle} trials this cycle (budget {b.trials_per_cycle}), "
+            f"{b.trials_total} in the search; training time {b.train_seconds_cycle:.1f} s this "
+            f"cycle, {b.train_seconds_total:.1f} s in all; {b.stale_cycles} of {b.patience} "
+            "cycles without gain before `factory loop` stops"
+        ),
+        ProgressBar(max=b.max_cycles, value=b.cycles_used, label="cycles", unit="cycles"),
+        ProgressBar(max=b.patience, value=b.stale_cycles, label="cycles without gain"),
+    ]
+
+
+LEADERBOARD_COLUMNS = ["rank", "trial_id", "source", "status", "val_reward", "test_reward"]
+COST_COLUMNS = ["n_params", "latency_ms", "train_seconds", "epochs"]
+
+
+def _leaderboard(view: CycleView) -> list[Any]:
+    board = analysis.leaderboard(view.records)
+    metrics = [f"{s}_{m}" for s in ("val", "test") for m in view.objective.metric_names]
+    return [
+        Markdown("## Leaderboard (this cycle)"),
+        _table(board, [*LEADERBOARD_COLUMNS, *metrics, *COST_COLUMNS], params=True),
+    ]
+
+
+def _progress(view: CycleView) -> list[Any]:
+    by_trial = analysis.best_so_far(view.history)
+    return [
+        Markdown("## Best so far, across all cycles"),
+        Image(plots.png(plots.best_so_far_figure(by_trial)), label="validation reward"),
+        _table(
+            analysis.best_by_cycle(view.history),
+            ["cycle", "trials", "cycle_best", "best_val_reward"],
+        ),
+    ]
+
+
+def _pareto(view: CycleView) -> list[Any]:
+    axes = analysis.default_pareto_axes(view.objective)
+    front = analysis.pareto_front(view.history, axes)
+    board = analysis.leaderboard(view.history)
+    names = " and ".join(f"{a.metric} ({a.direction})" for a in axes)
+    return [
+        Markdown(f"## Pareto front of {names}, all cycles"),
+        Image(plots.png(plots.pareto_figure(board, front, axes)), label="Pareto front"),
+        _table(front, ["trial_id", "source", *(a.column for a in axes), "val_reward"]),
+    ]
+
+
+def _proposers(view: CycleView) -> list[Any]:
+    stats = analysis.proposer_stats(view.history)
+    return [
+        Markdown("## Proposers, all cycles"),
+        _table(stats, analysis.PROPOSER_COLUMNS),
+        Image(plots.png(plots.proposer_figure(stats)), label="proposers"),
+    ]
+
+
+def _failures(view: CycleView) -> list[Any]:
+    failed = analysis.failed_trials(view.records)
+    if failed.empty:
+        return [Markdown("## Failed trials\n\nnone: every trial of this cycle completed")]
+    failed["cause"] = failed["cause"].str.slice(0, CAUSE_CHARS)
+    return [Markdown("## Failed trials"), _table(failed, list(failed.columns))]
+
+
+def _table(frame: pd.DataFrame, columns: Sequence[str], params: bool = False) -> Table:
+    """A card table of the named columns (those present), numbers to four digits; with
+    `params`, one more column listing each trial's hyperparameters."""
+    present = [c for c in columns if c in frame.columns]
+    param_cols = [c for c in frame.columns if c.startswith("param_")] if params else []
+    rows: list[list[Any]] = []
+    for _, row in frame.iterrows():
+        cells = [_fmt(row[c]) for c in present]
+        if param_cols:
+            cells.append(
+                ", ".join(
+                    f"{c.removeprefix('param_')}={_fmt(row[c])}"
+                    for c in param_cols
+                    if not _missing(row[c])
+                )
+            )
+        rows.append(cells)
+    headers = [*present, *(["params"] if param_cols else [])]
+    return Table(data=rows or [["(none)", *[""] * (len(headers) - 1)]], headers=headers)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt(value: Any) -> str:
+    if _missing(value):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,88 @@
+"""Rich renderings of analysis results for the terminal (`factory status`, `factory show`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+from rich.table import Table
+
+from factory_lib.records import TrialRecord
+
+STATUS_COLUMNS = (
+    ("cycle", "cycle"),
+    ("run_id", "run"),
+    ("trials", "trials"),
+    ("ok", "ok"),
+    ("not_ok", "failed"),
+    ("cycle_best", "best reward"),
+    ("best_val_reward", "best so far"),
+    ("decision", "decision"),
+    ("champion", "champion"),
+    ("champion_test", "champion test"),
+    ("train_seconds", "train s"),
+)
+
+
+def status_table(objective_name: str, cycles: pd.DataFrame) -> Table:
+    """The cycles of a search (from `analysis.cycle_table`), one row each."""
+    table = Table(title=f"{objective_name}: {len(cycles)} cycles")
+    for _, header in STATUS_COLUMNS:
+        table.add_column(header, justify="left" if header in ("run", "decision") else "right")
+    for _, row in cycles.iterrows():
+        table.add_row(*(cell(row[column]) for column, _ in STATUS_COLUMNS))
+    return table
+
+
+def trial_panel(record: TrialRecord) -> Table:
+    """Every field of one trial's record, as a two-column table."""
+    r = record.result
+    p = record.proposal
+    rows: list[tuple[str, Any]] = [
+        ("trial", p.trial_id),
+        ("cycle", p.cycle),
+        ("number", p.number),
+        ("source", p.source),
+        ("rationale", p.rationale),
+        ("seed", p.seed),
+        ("status", r.status),
+        ("cause", r.cause),
+        ("feasible", record.feasible),
+        ("violations", "; ".join(record.violations)),
+        ("val reward", record.val_reward),
+        ("test reward", record.test_reward),
+        *((f"param {k}", v) for k, v in sorted(p.params.items())),
+    ]
+    ev = r.evaluation
+    if ev is not None:
+        rows += [
+            *((f"val {k}", v) for k, v in ev.val.items()),
+            *((f"test {k}", v) for k, v in ev.test.items()),
+            ("params (count)", ev.params),
+            ("latency ms/sample", ev.latency_ms),
+            ("train seconds", ev.train_seconds),
+        ]
+    rows += [
+        ("epochs", r.epochs),
+        ("validation curve", ", ".join(f"{v:.4g}" for v in r.curve)),
+        ("weights", r.weights_sha),
+        ("task", r.task_pathspec),
+    ]
+    table = Table(title=f"trial {p.trial_id}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in rows:
+        table.add_row(name, cell(value))
+    return table
+
+
+def cell(value: Any) -> str:
+    """A value as a table cell: numbers to four significant digits, missing as '-'."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
