@@ -12,8 +12,9 @@ import os
 import subprocess
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,11 +36,17 @@ class Aws:
 
     endpoint: str
     env: dict[str, str]
+    clients: dict[str, Any] = field(default_factory=dict)
 
-    def client(self, service: str):  # type: ignore[no-untyped-def]
+    def client(self, service: str) -> Any:
+        """One boto3 client per service, closed with the server (no socket left to the GC)."""
         import boto3
 
-        return boto3.client(service, endpoint_url=self.endpoint, **_boto_kwargs())
+        if service not in self.clients:
+            self.clients[service] = boto3.client(
+                service, endpoint_url=self.endpoint, **_boto_kwargs()
+            )
+        return self.clients[service]
 
     def shell(self, command: str, env: dict[str, str] | None = None) -> str:
         """Run a shell command (a line of docs/scale-out.md) against moto; its stdout."""
@@ -86,9 +93,12 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aws]:
         "METAFLOW_HOME": str(home),
         "PATH": os.pathsep.join((VENV_BIN, os.environ.get("PATH", ""))),
     }
+    stand_in = Aws(endpoint, env)
     try:
-        yield Aws(endpoint, env)
+        yield stand_in
     finally:
+        for client in stand_in.clients.values():
+            client.close()
         server.stop()
 
 
