@@ -6,6 +6,8 @@ factory loop --cycles 2 --config path/to/objective.yaml --fresh
 factory status [--objective digits]              # the cycles of a search, one row each
 factory show c002-t05 [--objective digits]       # one trial's record
 factory export-optuna --objective digits sqlite:///digits.db   # history as an Optuna study
+factory profile --stack dark-factory --image IMAGE   # Metaflow profile `aws` from the stack
+factory doctor --profile aws                         # is the AWS side there and usable?
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from factory_lib.objective import (
     load_objective,
     objective_path,
 )
+from factory_lib.profile import ProfileError
 
 FLOW_FILE = Path(__file__).resolve().parents[1] / "flows" / "cycle.py"
 FLOW_NAME = "CycleFlow"
@@ -221,6 +224,39 @@ def _cycles(objective_name: str) -> list[Any]:
     return cycles
 
 
+def doctor(args: argparse.Namespace) -> int:
+    """Check a profile's bucket, queue, compute environment, roles and image; 1 on a problem."""
+    from factory_lib.doctor import diagnose
+    from factory_lib.profile import ProfileError, read_settings
+
+    try:
+        settings = read_settings(args.profile)
+    except ProfileError as exc:
+        print(f"problem {exc}")
+        return 1
+    findings = diagnose(settings)
+    for finding in findings:
+        print(finding.line())
+    problems = sum(f.level == "problem" for f in findings)
+    print(f"{problems} problem(s) in profile {args.profile}" if problems else "all checks passed")
+    return 1 if problems else 0
+
+
+def profile(args: argparse.Namespace) -> int:
+    """Write the Metaflow profile for the stack made from infra/cloudformation/dark-factory.yaml."""
+    import boto3
+
+    from factory_lib.profile import settings_from_stack, stack_outputs, write_profile
+
+    outputs = stack_outputs(args.stack, boto3.client("cloudformation"))
+    settings = settings_from_stack(outputs, args.image, args.metadata_url)
+    path = write_profile(args.name, settings)
+    print(f"wrote {path}; use it with METAFLOW_PROFILE={args.name}")
+    if not args.metadata_url:
+        print("without --metadata-url, deployed cycles cannot chain: see docs/scale-out.md")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -251,6 +287,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///digits.db")
     p.add_argument("--study-name", help="name of the study (default: the objective's)")
     p.set_defaults(func=export)
+    d = sub.add_parser("doctor", help="check the AWS side of a Metaflow profile")
+    d.add_argument("--profile", default="aws", help="Metaflow profile name (config_<name>.json)")
+    d.set_defaults(func=doctor)
+
+    m = sub.add_parser("profile", help="write a Metaflow profile from the CloudFormation stack")
+    m.add_argument("--stack", default="dark-factory", help="stack of dark-factory.yaml")
+    m.add_argument("--image", required=True, help="training image (METAFLOW_BATCH_CONTAINER_IMAGE)")
+    m.add_argument("--metadata-url", help="Metaflow metadata service URL (METAFLOW_SERVICE_URL)")
+    m.add_argument("--name", default="aws", help="profile name (aws)")
+    m.set_defaults(func=profile)
     return parser
 
 
@@ -261,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result: int = args.func(args)
-    except ObjectiveError as exc:
+    except (ObjectiveError, ProfileError) as exc:
         print(f"factory: {exc}", file=sys.stderr)
         return 2
     except LookupError as exc:

@@ -15,6 +15,12 @@ Run it:
     python flows/cycle.py run --fresh                       # start a new search
     python flows/cycle.py resume                            # rerun only what did not finish
     python flows/cycle.py card get <run-id>/end card.html   # the cycle card, to open offline
+
+Scale out (docs/scale-out.md): the same flow with `--with batch` on AWS Batch GPUs, or deployed
+with a schedule or self-chaining from `--config deployment infra/deploy/<orchestrator>.yaml`:
+
+    python flows/cycle.py run --with batch
+    python flows/cycle.py --config deployment infra/deploy/step-functions.yaml step-functions create
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from metaflow import (  # noqa: E402
 )
 from metaflow.exception import MetaflowException  # noqa: E402
 
+from factory_lib.deploy import DeploymentError, deployed, parse_deployment  # noqa: E402
 from factory_lib.objective import (  # noqa: E402
     Objective,
     ObjectiveError,
@@ -76,10 +83,25 @@ def parse_objective_config(text: str) -> dict[str, object]:
     return objective.model_dump(mode="json")
 
 
+def parse_deployment_config(text: str) -> dict[str, object]:
+    """Metaflow Config parser: schedule, chaining and secrets of a deployed flow."""
+    try:
+        return parse_deployment(text)
+    except DeploymentError as exc:
+        raise MetaflowException(str(exc)) from None
+
+
+@deployed
 class CycleFlow(FlowSpec):
     """One cycle: propose, train in parallel, evaluate, score, promote, remember."""
 
     objective = Config("objective", default=DEFAULT_OBJECTIVE, parser=parse_objective_config)
+    deployment = Config(
+        "deployment",
+        default_value={},
+        parser=parse_deployment_config,
+        help="infra/deploy/*.yaml: schedule, chaining and secrets when deployed",
+    )
     trials = Parameter(
         "trials", type=int, default=0, help="trials this cycle (0: the objective's budget)"
     )

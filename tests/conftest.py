@@ -62,3 +62,7 @@ def run_cycle(objective: Path, env: dict[str, str] | None = None, **params: Any)
 @pytest.fixture(scope="session")
 def datastore() -> Iterator[str]:
     yield _DATASTORE
+
+
+# The moto server standing in for AWS (tests/aws.py), for the scale-out tests.
+from tests.aws import aws, network  # noqa: E402, F401

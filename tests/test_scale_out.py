@@ -1,0 +1,311 @@
+"""Scale-out against a local moto server: the guide's commands, doctor, deployment, S3 cycles.
+
+The commands come from docs/scale-out.md (tests/scale_doc.py), so what a user runs is what runs
+here. Batch jobs cannot run without Docker: moto records them and marks them failed, and the
+tests assert on what Metaflow submitted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from factory_lib.history import check_extends
+from tests.aws import Aws
+from tests.conftest import FLOW, ROOT, write_objective
+from tests.scale_doc import ARGO, SFN, doc_command
+
+pytestmark = pytest.mark.slow
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/dark-factory:latest"
+
+
+class _Ping(BaseHTTPRequestHandler):
+    """The metadata service's /ping: a boundary we cannot reach here."""
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path.endswith("/ping") else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def metadata_url() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _Ping)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def profile(aws: Aws, network: dict[str, str], metadata_url: str) -> dict[str, str]:
+    """The guide's steps 1-4 against moto; the environment a user then has."""
+    aws.shell(doc_command("aws cloudformation create-stack"), env=network)
+    aws.shell(doc_command("aws cloudformation wait stack-create-complete"))
+    aws.shell(doc_command("aws ecr create-repository"))
+    # `docker push` stands in: the image's manifest lands in the repository
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {},
+            "layers": [],
+        }
+    )
+    aws.client("ecr").put_image(
+        repositoryName="dark-factory", imageManifest=manifest, imageTag="latest"
+    )
+    out = aws.shell(
+        doc_command("factory profile"), env={"IMAGE": IMAGE, "METADATA_URL": metadata_url}
+    )
+    assert "METAFLOW_PROFILE=aws" in out
+    aws.shell(doc_command("aws secretsmanager create-secret"), env={"ANTHROPIC_API_KEY": "k"})
+    return {
+        **aws.env,
+        "METAFLOW_PROFILE": "aws",
+        # the profile names the metadata service; the flows here keep metadata local (the
+        # service is not reachable here) while everything else comes from the profile
+        "METAFLOW_DEFAULT_METADATA": "local",
+    }
+
+
+def _doctor(aws: Aws, name: str) -> subprocess.CompletedProcess[str]:
+    command = doc_command("factory doctor").replace("--profile aws", f"--profile {name}")
+    return subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **aws.env},
+        timeout=120,
+    )
+
+
+def test_doctor_passes_on_the_stack(aws: Aws, profile: dict[str, str]) -> None:
+    proc = _doctor(aws, "aws")
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.splitlines()[-1] == "all checks passed"
+    assert re.search(r"^ok +compute environment .*GPU instance types \['g5", proc.stdout, re.M)
+    assert re.search(r"^ok +image .*: in ECR$", proc.stdout, re.M)
+
+
+def test_doctor_names_each_problem(aws: Aws, profile: dict[str, str]) -> None:
+    batch, iam = aws.client("batch"), aws.client("iam")
+    settings = json.loads((Path(aws.env["METAFLOW_HOME"]) / "config_aws.json").read_text())
+    cpu_env = batch.create_compute_environment(
+        computeEnvironmentName="cpu-only",
+        type="UNMANAGED",
+        state="ENABLED",
+        serviceRole=iam.list_roles()["Roles"][0]["Arn"],
+    )
+    # moto has no instance types for an unmanaged environment: the queue still lacks GPUs
+    batch.create_job_queue(
+        jobQueueName="cpu-queue",
+        state="ENABLED",
+        priority=1,
+        computeEnvironmentOrder=[
+            {"order": 1, "computeEnvironment": cpu_env["computeEnvironmentArn"]}
+        ],
+    )
+    broken = {
+        **settings,
+        "METAFLOW_DATASTORE_SYSROOT_S3": "s3://no-such-bucket/metaflow",
+        "METAFLOW_BATCH_JOB_QUEUE": "cpu-queue",
+        "METAFLOW_SFN_IAM_ROLE": "arn:aws:iam::123456789012:role/gone",
+        "METAFLOW_BATCH_CONTAINER_IMAGE": IMAGE.replace(":latest", ":missing"),
+    }
+    del broken["METAFLOW_SERVICE_URL"]
+    (Path(aws.env["METAFLOW_HOME"]) / "config_broken.json").write_text(json.dumps(broken))
+    proc = _doctor(aws, "broken")
+    assert proc.returncode == 1
+    problems = [ln for ln in proc.stdout.splitlines() if ln.startswith("problem")]
+    expected = [
+        "S3 bucket no-such-bucket: not usable",
+        "compute environment cpu-only has no GPU instance types",
+        "Batch job queue cpu-queue cannot run GPU jobs",
+        "METAFLOW_SFN_IAM_ROLE arn:aws:iam::123456789012:role/gone",
+        "image " + IMAGE.replace(":latest", ":missing"),
+        "METAFLOW_SERVICE_URL is not set",
+    ]
+    assert len(problems) == len(expected), proc.stdout
+    for line, start in zip(problems, expected, strict=True):
+        assert line.split(None, 1)[1].startswith(start), (line, start)
+    assert proc.stdout.splitlines()[-1] == "6 problem(s) in profile broken"
+
+
+def test_step_functions_deploys_on_a_schedule(aws: Aws, profile: dict[str, str]) -> None:
+    aws.shell(doc_command(f"{SFN} step-functions create\n"), env=profile)
+    rule = aws.client("events").describe_rule(Name="CycleFlow")
+    assert rule["ScheduleExpression"] == "cron(0 */6 * * ? *)"
+    machines = aws.client("stepfunctions").list_state_machines()["stateMachines"]
+    assert [m["name"] for m in machines] == ["CycleFlow"]
+
+    definition = json.loads(
+        aws.shell(doc_command(f"{SFN} step-functions create --only-json"), env=profile)
+    )
+    assert definition["States"]["*train"]["Type"] == "Map"
+    states = definition["States"]["*train"]["Iterator"]["States"]
+    requirements = states["train"]["Parameters"]["ContainerOverrides"]["ResourceRequirements"]
+    assert {"Type": "GPU", "Value": "1"} in requirements
+    start = definition["States"]["start"]["Parameters"]["ContainerOverrides"]
+    assert not any(r["Type"] == "GPU" for r in start["ResourceRequirements"])
+
+
+def test_argo_template_has_foreach_gpu_and_self_trigger(aws: Aws, profile: dict[str, str]) -> None:
+    home = Path(aws.env["METAFLOW_HOME"])
+    settings = json.loads((ROOT / "infra" / "profiles" / "config_argo.json").read_text())
+    aws_root = json.loads((home / "config_aws.json").read_text())["METAFLOW_DATASTORE_SYSROOT_S3"]
+    settings["METAFLOW_DATASTORE_SYSROOT_S3"] = aws_root
+    (home / "config_argo.json").write_text(json.dumps(settings))
+    env = {**profile, "METAFLOW_PROFILE": "argo"}
+    template = json.loads(
+        aws.shell(doc_command(f"{ARGO} argo-workflows create --only-json"), env=env)
+    )
+    templates = {t["name"]: t for t in template["spec"]["templates"]}
+    dag = {t["name"]: t for t in templates["CycleFlow"]["dag"]["tasks"]}
+    assert "num-splits" in dag["propose-foreach-trial-groups"]["withParam"]
+    assert templates["train"]["container"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in templates["start"]["container"]["resources"].get("limits", {})
+    triggers = json.loads(template["metadata"]["annotations"]["metaflow/triggers"])
+    assert [t["name"] for t in triggers] == ["metaflow.CycleFlow.end"]
+
+
+def _run_until_first_train_task(objective: Path, env: dict[str, str]) -> str:
+    """Start a cycle, SIGKILL it once a train task has finished: a crashed machine."""
+    run_id = None
+    with subprocess.Popen(
+        ["python", FLOW, "--config", "objective", str(objective), "run", "--max-workers", "1"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            found = re.search(r"\(run-id (\w+)\)", line)
+            run_id = found[1] if found else run_id
+            if "/train/" in line and "Task finished successfully" in line:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    assert run_id is not None
+    return run_id
+
+
+def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(
+    aws: Aws, profile: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metaflow import Flow, Runner, namespace
+
+    from factory_lib.history import latest_cycle
+
+    for key, value in profile.items():
+        monkeypatch.setenv(key, value)  # this process's Client API reads S3 through moto too
+    monkeypatch.setenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")  # no Docker: Batch jobs fail
+    objective = write_objective(tmp_path, "s3-cycle", resources={"gpu": 1})
+    deployment = ["--config", "deployment", "infra/deploy/step-functions.yaml"]
+
+    # 1. a whole cycle on S3, with the Anthropic key fetched by @secrets from Secrets Manager
+    first = subprocess.run(
+        ["python", FLOW, "--config", "objective", str(objective), *deployment, "run", "--fresh"],
+        cwd=ROOT,
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    namespace(None)
+    state = latest_cycle("CycleFlow", "s3-cycle")
+    assert state is not None and state.cycle == 1 and len(state.history) == 3
+    root = json.loads((Path(aws.env["METAFLOW_HOME"]) / "config_aws.json").read_text())
+    bucket = root["METAFLOW_DATASTORE_SYSROOT_S3"].split("/")[2]
+    stored = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix="metaflow/CycleFlow/")
+    assert stored["KeyCount"] > 0
+
+    # 2. the next cycle crashes mid-foreach; resuming it on Batch submits the unfinished trials
+    killed = _run_until_first_train_task(objective, profile)
+    assert not Flow("CycleFlow")[killed].successful
+    command = doc_command("python flows/cycle.py resume --with batch")
+    on_batch = _sh(f"{command} --origin-run-id {killed}", profile)
+    assert on_batch.returncode != 0  # moto cannot run the jobs
+    batch = aws.client("batch")
+    failed = batch.list_jobs(jobQueue=_queue(aws), jobStatus="FAILED")["jobSummaryList"]
+    train_ids = [j["jobId"] for j in failed if "train" in j["jobName"]]
+    assert train_ids, [j["jobName"] for j in failed]
+    job = batch.describe_jobs(jobs=train_ids[:1])["jobs"][0]
+    command = " ".join(job["container"]["command"])
+    assert "step train" in command and killed in command
+    definition = batch.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])
+    container = definition["jobDefinitions"][0]["containerProperties"]
+    assert container["image"] == IMAGE
+    # Metaflow asks for the GPU in the job's container overrides, which moto's DescribeJobs
+    # leaves out: read what the server received (it runs in this process)
+    from moto.batch.models import batch_backends
+
+    submitted = batch_backends["123456789012"]["us-east-1"]._jobs[job["jobId"]]
+    overrides = submitted.container_overrides["resourceRequirements"]
+    assert {"type": "GPU", "value": "1"} in overrides
+    batch_run = re.search(r"\(run-id (\w+)\)", on_batch.stdout + on_batch.stderr)
+    assert batch_run is not None
+
+    # 3. resumed locally, the cycle finishes with the trial finished before the crash reused
+    with Runner(FLOW, show_output=False, cwd=str(ROOT), env=profile).resume(
+        origin_run_id=killed
+    ) as running:
+        assert running.status == "successful", running.stderr[-3000:]
+        resumed = running.run
+    assert any(t.origin_pathspec is not None for t in resumed["train"])
+    data = resumed["end"].task.data
+    assert data.cycle == 2 and len(data.history) == 6
+    check_extends(state.history, data.history)
+    latest = latest_cycle("CycleFlow", "s3-cycle")
+    assert latest is not None and latest.run_pathspec == resumed.pathspec
+
+
+def test_run_with_batch_submits_to_the_queue(aws: Aws, profile: dict[str, str]) -> None:
+    os.environ["MOTO_SIMPLE_BATCH_FAIL_AFTER"] = "0"  # moto reads it in this process
+    try:
+        proc = _sh(doc_command("python flows/cycle.py run --with batch"), profile)
+    finally:
+        del os.environ["MOTO_SIMPLE_BATCH_FAIL_AFTER"]
+    assert proc.returncode != 0  # the start job cannot run here
+    batch = aws.client("batch")
+    jobs = batch.list_jobs(jobQueue=_queue(aws), jobStatus="FAILED")["jobSummaryList"]
+    starts = batch.describe_jobs(jobs=[j["jobId"] for j in jobs if "start" in j["jobName"]])
+    assert starts["jobs"], [j["jobName"] for j in jobs]
+    assert "step start" in " ".join(starts["jobs"][-1]["container"]["command"])
+    definition = batch.describe_job_definitions(
+        jobDefinitions=[starts["jobs"][-1]["jobDefinition"]]
+    )
+    assert definition["jobDefinitions"][0]["containerProperties"]["image"] == IMAGE
+
+
+def _queue(aws: Aws) -> str:
+    settings = json.loads((Path(aws.env["METAFLOW_HOME"]) / "config_aws.json").read_text())
+    return str(settings["METAFLOW_BATCH_JOB_QUEUE"])
+
+
+def _sh(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        timeout=600,
+    )
