@@ -9,18 +9,26 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from factory_lib.data import DataSummary, Preprocessing, describe_data
+from factory_lib.data import DataSummary, Preprocessing, describe_data, load_splits
 from factory_lib.history import CycleState, append, check_extends, latest_cycle
+from factory_lib.model_card import model_card
 from factory_lib.objective import Objective
 from factory_lib.propose import OptunaProposer, seen_by_proposers
 from factory_lib.propose.base import renumber
 from factory_lib.propose.llm import KEY_VARIABLE, LLMProposer, LLMReport
 from factory_lib.propose.mix import Mix, llm_mix
 from factory_lib.records import Proposal, TrialRecord, TrialResult
-from factory_lib.registry import Champion, ModelPackage, PromotionDecision, decide
-from factory_lib.reward import score
+from factory_lib.registry import Champion, Measure, ModelPackage, PromotionDecision, decide
+from factory_lib.reward import ParetoFront, flags, pareto_front, score
+
+if TYPE_CHECKING:
+    from factory_lib.export import Exports
+
+# Seeds of a trial's re-measurements: far from the search's own trial seeds.
+SEED_STRIDE = 100_003
+EXPORT_SAMPLE = 256
 
 
 class BudgetSpent(RuntimeError):
@@ -77,6 +85,9 @@ class CycleOutcome:
     stale_cycles: int
     best_val_reward: float | None
     llm_usd_total: float
+    pareto: ParetoFront
+    model_card: dict[str, Any] | None
+    exports: Exports | None
 
     def summary_line(self) -> str:
         counts: dict[str, int] = {}
@@ -182,21 +193,63 @@ def results_from_task(
     ]
 
 
+def seed_measurer(plan: CyclePlan) -> Measure:
+    """Re-measure a trial's held-out metric by retraining it with other seeds, in this task."""
+    metric = plan.objective.promotion_metric
+
+    def measure(record: TrialRecord, k: int) -> tuple[float, ...]:
+        from factory_lib.train import train_group
+
+        copies = [
+            record.proposal.model_copy(
+                update={
+                    "trial_id": f"{record.trial_id}-s{j}",
+                    "seed": (record.proposal.seed + SEED_STRIDE * j) % 2**31,
+                }
+            )
+            for j in range(1, k)
+        ]
+        own = record.result.evaluation.metrics("test")[metric] if record.result.evaluation else None
+        again = [
+            o.result.evaluation.metrics("test")[metric]
+            for o in train_group(plan.objective, copies)
+            if o.result.status == "ok" and o.result.evaluation is not None
+        ]
+        return tuple(v for v in (own, *again) if v is not None)
+
+    return measure
+
+
 def close_cycle(
     plan: CyclePlan,
     results: Iterable[TrialResult],
     weights: Callable[[str], bytes],
     llm_usd: float = 0.0,
+    measure: Measure | None = None,
+    run_pathspec: str = "",
 ) -> CycleOutcome:
-    """Score the results, extend history, run the promotion gate and package a new champion."""
+    """Score and flag the results, extend history, run the promotion gate; package, describe
+    and export a new champion."""
     objective = plan.objective
-    records = tuple(score(objective, r) for r in sorted(results, key=lambda r: r.proposal.number))
+    scored: list[TrialRecord] = []
+    for r in sorted(results, key=lambda r: r.proposal.number):
+        record = score(objective, r)
+        scored.append(
+            record.model_copy(update={"flags": flags(objective, record, [*plan.history, *scored])})
+        )
+    records = tuple(scored)
     history = append(plan.history, records)
     check_extends(plan.history, history)
-    decision, champion = decide(objective, plan.champion, records)
-    package = plan.previous.champion_package if plan.previous else None
+    decision, champion = decide(objective, plan.champion, records, measure)
+    previous = plan.previous
+    package = previous.champion_package if previous else None
+    card = previous.model_card if previous else None
+    exports: Exports | None = previous.exports if previous else None
     if decision.status == "promoted" and champion is not None:
         package = package_of(plan, champion.record, weights)
+        exports, export_note = export_or_note(package, objective)
+        summary = exports.summary() if exports is not None else {"error": export_note}
+        card = model_card(objective, champion, decision, plan.data, run_pathspec, summary)
     best_before = max(
         (r.val_reward for r in plan.history if r.eligible and r.val_reward is not None),
         default=None,
@@ -216,7 +269,23 @@ def close_cycle(
         stale_cycles=stale,
         best_val_reward=best_now,
         llm_usd_total=plan.llm_usd_total + llm_usd,
+        pareto=pareto_front(objective, history),
+        model_card=card,
+        exports=exports,
     )
+
+
+def export_or_note(package: ModelPackage, objective: Objective) -> tuple[Exports | None, str]:
+    """The champion's exports, checked against it on held-out data; or why there are none."""
+    from factory_lib.export import ExportMismatch, export_champion
+
+    if objective.data.module is not None:
+        return None, "exports are made for bundled data sets, whose raw features are known"
+    sample = load_splits(objective.data, objective.task).raw_x["test"][:EXPORT_SAMPLE]
+    try:
+        return export_champion(package, sample), ""
+    except ExportMismatch as exc:
+        return None, str(exc)
 
 
 def package_of(

@@ -71,6 +71,40 @@ class Splits:
     summary: DataSummary
 
 
+class DataLeakError(ValueError):
+    """Splits that share examples: the held-out split would not be held out."""
+
+
+def row_hashes(x: np.ndarray) -> list[bytes]:
+    """One hash per example (its feature bytes)."""
+    flat = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
+
+
+def first_occurrences(x: np.ndarray) -> np.ndarray:
+    """Indices of the first copy of each distinct example, in their original order."""
+    seen: set[bytes] = set()
+    keep = []
+    for i, h in enumerate(row_hashes(x)):
+        if h not in seen:
+            seen.add(h)
+            keep.append(i)
+    return np.asarray(keep, dtype=np.int64)
+
+
+def shared_rows(xs: dict[str, np.ndarray]) -> dict[str, int]:
+    """How many examples each pair of splits shares, e.g. {"train/test": 3}; empty if none."""
+    hashes = {k: set(row_hashes(v)) for k, v in xs.items()}
+    names = list(hashes)
+    found = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            n = len(hashes[a] & hashes[b])
+            if n:
+                found[f"{a}/{b}"] = n
+    return found
+
+
 def fingerprint_arrays(*arrays: np.ndarray) -> str:
     """A short content hash of arrays (shape and bytes)."""
     h = hashlib.sha256()
@@ -98,6 +132,8 @@ def load_splits(spec: DataSpec, task: str) -> Splits:
     if spec.dataset is None:
         raise ValueError("load_splits reads bundled data sets; user modules go through datamodule")
     x, y, shape = _load_bundled(spec.dataset)
+    keep = first_occurrences(x)  # iris repeats a flower: one copy, so no split can share it
+    x, y = x[keep], y[keep]
     stratify = y if task == "classification" else None
     x_rest, x_test, y_rest, y_test = train_test_split(
         x, y, test_size=spec.test_fraction, random_state=spec.seed, stratify=stratify
@@ -137,6 +173,9 @@ def load_splits(spec: DataSpec, task: str) -> Splits:
     else:
         ys = {k: prep.transform_y(v[1].astype(np.float32)) for k, v in raw.items()}
         n_outputs = 1
+    shared = shared_rows({k: v[0] for k, v in raw.items()})
+    if shared:
+        raise DataLeakError(f"bundled data set {spec.dataset!r}: splits share examples: {shared}")
     split_fps = {k: fingerprint_arrays(raw[k][0], raw[k][1]) for k in SPLITS}
     summary = DataSummary(
         name=spec.dataset,

@@ -10,7 +10,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from factory_lib.data import DataSummary, Preprocessing, Splits, fingerprint_arrays, load_splits
+from factory_lib.data import (
+    DataSummary,
+    Preprocessing,
+    Splits,
+    fingerprint_arrays,
+    load_splits,
+    shared_rows,
+)
 from factory_lib.imports import resolve
 from factory_lib.objective import Objective
 
@@ -138,6 +145,12 @@ def _user_datamodule(objective: Objective) -> TrialData:
             )
     else:
         n_outputs = 1
+    train_x = torch.cat([b[0] for b in dm.train_dataloader()])
+    shared = shared_rows(
+        {"train": train_x.numpy(), **{k: x.numpy() for k, (x, _) in evals.items()}}
+    )
+    if shared:  # the user's own split: warn, naming the count, rather than refuse
+        print(f"warning: data.module {spec.module!r}: splits share examples: {shared}", flush=True)
     split_fps = {k: fingerprint_arrays(x.numpy(), y.numpy()) for k, (x, y) in evals.items()}
     summary = DataSummary(
         name=spec.module,

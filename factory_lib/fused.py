@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from factory_lib.datamodule import TensorDataModule, TrialData
-from factory_lib.evaluate import evaluate, quality_metrics
+from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metrics
 from factory_lib.models import ACTIVATIONS, DEFAULTS, build_model
 from factory_lib.objective import Objective
 from factory_lib.records import Proposal, TrialResult, weights_fingerprint
@@ -177,6 +177,8 @@ def train_fused(
             "curve": tuple(curves[i]),
             "epochs": len(curves[i]),
             "started_at": started_at,
+            "evaluator": EVALUATOR_FINGERPRINT,
+            "data_fingerprint": data.summary.fingerprint,
         }
         if i in status:
             outputs.append(

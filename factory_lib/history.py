@@ -35,6 +35,8 @@ class CycleState:
     champion_package: ModelPackage | None
     stale_cycles: int
     llm_usd_total: float
+    model_card: dict[str, Any] | None = None
+    exports: Any = None
 
 
 def ensure_metaflow_user() -> None:
@@ -126,5 +128,7 @@ def latest_cycle(
                 stale_cycles=data.stale_cycles,
                 # cycles run before LLM accounting existed spent nothing on it
                 llm_usd_total=getattr(data, "llm_usd_total", 0.0),
+                model_card=getattr(data, "model_card", None),
+                exports=getattr(data, "exports", None),
             )
     return None

@@ -198,6 +198,9 @@ class RewardSpec(_Strict):
     direction: Literal["maximize", "minimize"] | None = None
     weights: dict[str, float] = Field(default_factory=dict)
     constraints: tuple[Constraint, ...] = ()
+    pareto: tuple[str, ...] = Field(
+        default=(), description="metrics of the Pareto front (default: the metric and params)"
+    )
 
     @field_validator("constraints", mode="before")
     @classmethod
@@ -245,6 +248,14 @@ class BudgetSpec(_Strict):
 class PromotionSpec(_Strict):
     metric: str | None = Field(default=None, description="held-out metric; default: the reward's")
     min_improvement: float = Field(default=0.0, ge=0)
+    seeds: int = Field(default=3, ge=1, le=20, description="retrainings per side to measure noise")
+    confidence: float = Field(default=0.9, gt=0.5, lt=1)
+    max_val_test_gap: float = Field(
+        default=0.1, gt=0, description="flag a trial whose val and test metric differ by more"
+    )
+    max_jump_sd: float = Field(
+        default=6.0, gt=0, description="flag a val reward this many SDs above history's"
+    )
 
 
 class PriceSpec(_Strict):
@@ -343,6 +354,7 @@ class Objective(_Strict):
             *((f"reward.weights.{m}", m) for m in self.reward.weights),
             *((f"reward.constraints ({c})", c.metric) for c in self.reward.constraints),
             ("promotion.metric", self.promotion.metric or self.reward.metric),
+            *((f"reward.pareto.{m}", m) for m in self.reward.pareto),
         ]:
             if name not in known:
                 raise ValueError(f"{where}: unknown metric {name!r}; known: {', '.join(known)}")
@@ -394,6 +406,10 @@ class Objective(_Strict):
     @property
     def primary_direction(self) -> Literal["maximize", "minimize"]:
         return self.reward.resolved_direction
+
+    @property
+    def pareto_axes(self) -> tuple[str, ...]:
+        return self.reward.pareto or (self.reward.metric, "params")
 
     @property
     def promotion_metric(self) -> str:

@@ -79,6 +79,8 @@ class TrialResult(_Frozen):
     weights_sha: str | None = None
     task_pathspec: str | None = None
     started_at: float = 0.0
+    evaluator: str = ""  # fingerprint of the sealed evaluator's code
+    data_fingerprint: str = ""  # fingerprint of the train/val/test splits
 
 
 class TrialRecord(_Frozen):
@@ -89,6 +91,7 @@ class TrialRecord(_Frozen):
     violations: tuple[str, ...] = ()
     val_reward: float | None = None
     test_reward: float | None = None
+    flags: tuple[str, ...] = ()  # reward-hacking signs; a flagged trial is never promoted
 
     @property
     def proposal(self) -> Proposal:

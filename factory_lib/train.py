@@ -23,7 +23,7 @@ from torch import nn
 
 from factory_lib.data import Preprocessing
 from factory_lib.datamodule import TrialData, build_trial_data
-from factory_lib.evaluate import evaluate, quality_metrics
+from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metrics
 from factory_lib.models import ModelShapeError, build_model
 from factory_lib.objective import Objective
 from factory_lib.records import Proposal, TrialResult, weights_fingerprint
@@ -199,6 +199,8 @@ def run_trial(
                 "epochs": len(curve),
                 "task_pathspec": task_pathspec,
                 "started_at": started_at,
+                "evaluator": EVALUATOR_FINGERPRINT,
+                "data_fingerprint": data.summary.fingerprint,
                 **extra,
             }
         )

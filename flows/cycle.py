@@ -5,7 +5,8 @@
     start    validate the objective, pick up the latest successful cycle of it, check the budget
     propose  ask the proposers for this cycle's trials (they see validation numbers only)
     train    one Lightning fit per trial; every outcome, crash included, becomes a record
-    join     score, extend the append-only history, run the champion/challenger gate
+    join     score and flag, extend the append-only history, run the champion/challenger gate
+             (re-measured over seeds), export and describe a new champion
     end      render the cycle card; tag the run `objective:<name>` so the next cycle chains
 
 Run it:
@@ -170,7 +171,7 @@ class CycleFlow(FlowSpec):
     @step
     def join(self, inputs):
         """Score every trial, extend history and decide on promotion."""
-        from factory_lib.cycle import close_cycle, results_from_task
+        from factory_lib.cycle import close_cycle, results_from_task, seed_measurer
 
         first = inputs[0]
         self.plan, self.proposals, self.mix, self.llm_report = (
@@ -190,7 +191,14 @@ class CycleFlow(FlowSpec):
             sha: blob for inp in inputs for sha, blob in getattr(inp, "trial_weights", {}).items()
         }
         llm_usd = self.llm_report.usd if self.llm_report else 0.0
-        outcome = close_cycle(self.plan, results, weights.__getitem__, llm_usd)
+        outcome = close_cycle(
+            self.plan,
+            results,
+            weights.__getitem__,
+            llm_usd,
+            measure=seed_measurer(self.plan),
+            run_pathspec=f"{current.flow_name}/{current.run_id}",
+        )
         self.cycle = outcome.cycle
         self.records = outcome.records
         self.history = outcome.history
@@ -199,6 +207,9 @@ class CycleFlow(FlowSpec):
         self.champion_package = outcome.champion_package
         self.stale_cycles = outcome.stale_cycles
         self.llm_usd_total = outcome.llm_usd_total
+        self.pareto = outcome.pareto
+        self.model_card = outcome.model_card
+        self.exports = outcome.exports
         print(outcome.summary_line())
         self.next(self.end)
 
