@@ -276,6 +276,13 @@ def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(
     latest = latest_cycle("CycleFlow", "s3-cycle")
     assert latest is not None and latest.run_pathspec == resumed.pathspec
 
+    # 4. the cycle's card was stored in S3 too, and reads back through the Client API
+    from tests.test_explore import _card_html, _card_payload
+
+    card = json.dumps(_card_payload(_card_html(resumed["end"].task)))
+    assert all(r.trial_id in card for r in data.records)
+    assert "data:image/png;base64" in card
+
 
 def test_run_with_batch_submits_to_the_queue(aws: Aws, profile: dict[str, str]) -> None:
     os.environ["MOTO_SIMPLE_BATCH_FAIL_AFTER"] = "0"  # moto reads it in this process
