@@ -286,6 +286,8 @@ def export_or_note(package: ModelPackage, objective: Objective) -> tuple[Exports
         return export_champion(package, sample), ""
     except ExportMismatch as exc:
         return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - an export is a by-product: record why, keep the cycle
+        return None, f"export failed: {type(exc).__name__}: {exc}"[:500]
 
 
 def package_of(

@@ -65,9 +65,11 @@ class _Pipeline(nn.Module):
         self.y_mean = float(prep.y_mean) if prep else 0.0
         self.y_std = float(prep.y_std) if prep else 1.0
         self.regression = champion.package.objective.task == "regression"
+        self.shape = tuple(shape)
         self.net = champion.net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape((x.shape[0], *self.shape))  # raw rows may come flat (digits: 64 pixels)
         out: torch.Tensor = self.net((x - self.mean) / self.std)
         if self.regression:
             out = out.squeeze(-1) * self.y_std + self.y_mean

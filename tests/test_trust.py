@@ -29,13 +29,13 @@ assert not any(m.startswith(("factory_lib", "metaflow")) for m in sys.modules)
 """
 
 
-@pytest.mark.parametrize("name", ["smoke", "diabetes"])
+@pytest.mark.parametrize("name", ["smoke", "diabetes", "digits"])
 def test_exports_predict_like_the_trained_model_without_this_repo(
     name: str, tmp_path: Path
 ) -> None:
     objective = load_objective(ROOT / "objectives" / f"{name}.yaml").with_overrides(epochs=3)
     data = build_trial_data(objective)
-    params = {"lr": 0.01, "width": 16, "depth": 1}
+    params = {"lr": 0.01, "width": 16, "depth": 1, "family": "cnn" if name == "digits" else "mlp"}
     out = run_trial(objective, make_proposal(objective, 1, 0, 0, params, "test", ""), data)
     assert out.weights is not None
     package = ModelPackage(
@@ -105,3 +105,16 @@ def test_noise_is_not_promoted_and_a_clear_gain_is(tmp_path: Path) -> None:
     assert "Model card: trust" in to_markdown(card)
     assert clear.exports.trial_id == clear.champion.trial_id
     assert clear.pareto.trial_ids and clear.pareto.hypervolume > 0
+
+
+def test_a_failing_export_is_a_note_not_a_failed_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    import factory_lib.export as export
+    from factory_lib.cycle import export_or_note
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("tracer exploded")
+
+    monkeypatch.setattr(export, "export_champion", broken)
+    objective = load_objective(ROOT / "objectives" / "smoke.yaml")
+    exports, note = export_or_note(None, objective)  # type: ignore[arg-type]
+    assert exports is None and note == "export failed: RuntimeError: tracer exploded"
