@@ -87,8 +87,12 @@ def check_extends(previous: Sequence[TrialRecord], current: Sequence[TrialRecord
 def all_namespaces() -> Iterator[None]:
     """Cycles run by a scheduler or a colleague belong to one search: look in every namespace."""
     from metaflow.client.core import get_namespace, namespace
+    from metaflow.exception import MetaflowUnknownUser
 
-    before = get_namespace()
+    try:
+        before = get_namespace()
+    except MetaflowUnknownUser:  # root with no USER (a container): no user namespace to restore
+        before = None
     namespace(None)
     try:
         yield
