@@ -9,7 +9,8 @@ Runs one fresh cycle through metaflow.Runner in a throw-away datastore and repor
 - overhead ratio: wall / Σ train (below 1 when trials overlap);
 - wall / (Σ train / workers): how close the cycle is to perfect parallelism;
 - first trial start: seconds from the Runner call to the first trial's first step;
-- per-task start-up: median seconds from a train task's start to its trial's start.
+- per-task start-up: median seconds from a train task's start to its trial's start;
+- step seconds: from each step's first task start to its last task's end.
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ def main() -> None:
         "wall_over_ideal": round(wall / (train_seconds / workers), 2) if train_seconds else None,
         "first_trial_start_s": round(min(r.started_at for r in results) - started, 1),
         "median_task_startup_s": round(statistics.median(startup), 1) if startup else None,
+        "step_seconds": {
+            step.id: round(
+                max(t.finished_at for t in step).timestamp()
+                - min(t.created_at for t in step).timestamp(),
+                1,
+            )
+            for step in run
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         + ("CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
     }

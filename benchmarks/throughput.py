@@ -16,7 +16,9 @@ Part 2, in-process (no Metaflow): samples/s of one Lightning trial against K tri
 
 from __future__ import annotations
 
-# torch before Runner: Metaflow's vendored typing_extensions can break it later (#2462)
+# torch and Lightning before Runner: Metaflow's vendored typing_extensions can break their
+# first import once Runner has run in this process (#2462)
+import lightning  # noqa: F401  # isort: skip
 import torch  # isort: skip
 
 import argparse
