@@ -515,3 +515,19 @@ def export_optuna(
         storage=storage,
         study_name=study_name or objective.name,
     )
+
+
+def cell(value: Any) -> str:
+    """A value as a table cell: numbers to four significant digits, missing as '-'."""
+    if missing(value):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def missing(value: Any) -> bool:
+    """None, pandas' NA or NaN: a cell with no value."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))

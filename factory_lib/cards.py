@@ -8,7 +8,6 @@ Plots are embedded as PNGs: the card is one self-contained HTML file, viewable o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ import pandas as pd
 from metaflow.plugins.cards.card_modules.components import Image, Markdown, ProgressBar, Table
 
 from factory_lib import analysis, plots
-from factory_lib.analysis import CycleView
+from factory_lib.analysis import CycleView, cell, missing
 
 CARD_ID = "cycle"
 CAUSE_CHARS = 300
@@ -60,12 +59,12 @@ def _decision(view: CycleView) -> list[Any]:
     champ = view.champion
     if champ is not None:
         p = champ.record.proposal
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(p.params.items()))
+        params = ", ".join(f"{k}={cell(v)}" for k, v in sorted(p.params.items()))
         lines += [
             "",
             f"**Champion** `{champ.trial_id}` (promoted in cycle {champ.promoted_in_cycle}): "
             f"test {champ.metric} {champ.test_value:.4g}, validation reward "
-            f"{_fmt(champ.record.val_reward)}; proposed by `{p.source}`: {p.rationale or '-'}",
+            f"{cell(champ.record.val_reward)}; proposed by `{p.source}`: {p.rationale or '-'}",
             "",
             f"parameters: {params}",
         ]
@@ -149,29 +148,15 @@ def _table(frame: pd.DataFrame, columns: Sequence[str], params: bool = False) ->
     param_cols = [c for c in frame.columns if c.startswith("param_")] if params else []
     rows: list[list[Any]] = []
     for _, row in frame.iterrows():
-        cells = [_fmt(row[c]) for c in present]
+        cells = [cell(row[c]) for c in present]
         if param_cols:
             cells.append(
                 ", ".join(
-                    f"{c.removeprefix('param_')}={_fmt(row[c])}"
+                    f"{c.removeprefix('param_')}={cell(row[c])}"
                     for c in param_cols
-                    if not _missing(row[c])
+                    if not missing(row[c])
                 )
             )
         rows.append(cells)
     headers = [*present, *(["params"] if param_cols else [])]
     return Table(data=rows or [["(none)", *[""] * (len(headers) - 1)]], headers=headers)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def _fmt(value: Any) -> str:
-    if _missing(value):
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 from rich.table import Table
 
+from factory_lib.analysis import cell
 from factory_lib.records import TrialRecord
 
 STATUS_COLUMNS = (
@@ -75,14 +75,3 @@ def trial_panel(record: TrialRecord) -> Table:
     for name, value in rows:
         table.add_row(name, cell(value))
     return table
-
-
-def cell(value: Any) -> str:
-    """A value as a table cell: numbers to four significant digits, missing as '-'."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

@@ -7,6 +7,10 @@ from __future__ import annotations
 import torch  # noqa: F401  isort: skip
 
 import os
+import re
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +61,40 @@ def run_cycle(objective: Path, env: dict[str, str] | None = None, **params: Any)
     ).run(max_workers=2, **params) as running:
         assert running.status == "successful", running.stderr[-3000:]
         return running.run
+
+
+def run_and_kill_after_first_trial(objective: Path, env: dict[str, str] | None = None) -> str:
+    """Start a cycle, SIGKILL it (runtime and tasks) once a train task has finished: a crashed
+    machine mid-foreach. Returns the killed run's id."""
+    run_id = None
+    with subprocess.Popen(
+        [
+            sys.executable,
+            FLOW,
+            "--config",
+            "objective",
+            str(objective),
+            "run",
+            "--max-workers",
+            "1",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            found = re.search(r"\(run-id (\w+)\)", line)
+            run_id = found[1] if found else run_id
+            if "/train/" in line and "Task finished successfully" in line:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    assert run_id is not None and proc.returncode == -signal.SIGKILL
+    return run_id
 
 
 @pytest.fixture(scope="session")

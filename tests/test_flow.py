@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +10,7 @@ import pytest
 from factory_lib.data import load_splits
 from factory_lib.history import objective_tag
 from factory_lib.registry import load_champion
-from tests.conftest import FLOW, ROOT, run_cycle, write_objective
+from tests.conftest import FLOW, ROOT, run_and_kill_after_first_trial, run_cycle, write_objective
 
 pytestmark = pytest.mark.slow
 
@@ -97,45 +92,13 @@ def test_failed_trials_are_records_and_siblings_survive(tmp_path: Path) -> None:
     assert second.champion_package == first.champion_package
 
 
-def _run_and_kill_after_first_trial(objective: Path) -> str:
-    """Start a cycle, SIGKILL it (runtime and tasks) once one train task has finished."""
-    run_id = None
-    with subprocess.Popen(
-        [
-            sys.executable,
-            FLOW,
-            "--config",
-            "objective",
-            str(objective),
-            "run",
-            "--max-workers",
-            "1",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            found = re.search(r"\(run-id (\w+)\)", line)
-            run_id = found[1] if found else run_id
-            if "/train/" in line and "Task finished successfully" in line:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-    assert run_id is not None and proc.returncode == -signal.SIGKILL
-    return run_id
-
-
 def test_resume_after_kill_mid_foreach_gives_the_same_records(tmp_path: Path) -> None:
     from metaflow import Flow, Runner, namespace
 
     reference = _end(run_cycle(write_objective(tmp_path, "flow-reference"), fresh=True))
 
     objective = write_objective(tmp_path, "flow-resume")
-    killed = _run_and_kill_after_first_trial(objective)
+    killed = run_and_kill_after_first_trial(objective)
     namespace(None)
     assert not Flow("CycleFlow")[killed].successful
 

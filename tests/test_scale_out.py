@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 
 from factory_lib.history import check_extends
 from tests.aws import Aws
-from tests.conftest import FLOW, ROOT, write_objective
+from tests.conftest import FLOW, ROOT, run_and_kill_after_first_trial, write_objective
 from tests.scale_doc import ARGO, SFN, doc_command
 
 pytestmark = pytest.mark.slow
@@ -182,30 +181,6 @@ def test_argo_template_has_foreach_gpu_and_self_trigger(aws: Aws, profile: dict[
     assert [t["name"] for t in triggers] == ["metaflow.CycleFlow.end"]
 
 
-def _run_until_first_train_task(objective: Path, env: dict[str, str]) -> str:
-    """Start a cycle, SIGKILL it once a train task has finished: a crashed machine."""
-    run_id = None
-    with subprocess.Popen(
-        ["python", FLOW, "--config", "objective", str(objective), "run", "--max-workers", "1"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            found = re.search(r"\(run-id (\w+)\)", line)
-            run_id = found[1] if found else run_id
-            if "/train/" in line and "Task finished successfully" in line:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-    assert run_id is not None
-    return run_id
-
-
 def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(
     aws: Aws, profile: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,7 +213,7 @@ def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(
     assert stored["KeyCount"] > 0
 
     # 2. the next cycle crashes mid-foreach; resuming it on Batch submits the unfinished trials
-    killed = _run_until_first_train_task(objective, profile)
+    killed = run_and_kill_after_first_trial(objective, profile)
     assert not Flow("CycleFlow")[killed].successful
     command = doc_command("python flows/cycle.py resume --with batch")
     on_batch = _sh(f"{command} --origin-run-id {killed}", profile)
