@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
 import time
@@ -257,6 +258,49 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def versions_command(args: argparse.Namespace) -> int:
+    """Print the objective's promotion log."""
+    from factory_lib.registry import versions
+
+    _cycles(args.objective)  # a clear error when there is no cycle yet
+    for e in versions(args.objective):
+        print(f"{e.at}  {e.kind:<9} {e.trial_id:<10} {e.actor:<16} {e.run}  {e.reason}")
+    return 0
+
+
+def registry_command(args: argparse.Namespace) -> int:
+    """Record a person's decision (approve, reject, rollback) as a tag on the latest cycle."""
+    from factory_lib.history import all_namespaces, latest_cycle
+    from factory_lib.registry import EventKind, event_tag
+
+    _cycles(args.objective)
+    from metaflow.client.core import Run
+
+    state = latest_cycle(FLOW_NAME, args.objective)
+    assert state is not None
+    kind: EventKind
+    if args.command == "rollback":
+        trial, kind = args.to, "rollback"
+        from factory_lib.history import find_package
+
+        find_package(FLOW_NAME, args.objective, trial)  # LookupError if it never was champion
+    else:
+        if state.pending is None:
+            print(
+                f"factory: {args.objective!r} has no promotion awaiting approval", file=sys.stderr
+            )
+            return 1
+        trial, kind = (
+            state.pending.champion.trial_id,
+            "approved" if args.command == "approve" else "rejected",
+        )
+    actor = os.environ.get("METAFLOW_USER") or os.environ.get("USER") or "unknown"
+    with all_namespaces():
+        Run(state.run_pathspec).add_tag(event_tag(kind, trial, actor, args.reason))
+    print(f"{kind} {trial} on {state.run_pathspec} by {actor}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +331,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///digits.db")
     p.add_argument("--study-name", help="name of the study (default: the objective's)")
     p.set_defaults(func=export)
+    p = sub.add_parser("versions", help="the promotion log of an objective")
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    p.set_defaults(func=versions_command)
+    for name, what in (
+        ("approve", "approve the promotion awaiting approval"),
+        ("reject", "reject it"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--objective", default="digits", help="objective name (digits)")
+        p.add_argument("--reason", default="", help="why, for the log")
+        p.set_defaults(func=registry_command)
+    p = sub.add_parser("rollback", help="make an earlier champion the champion again")
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    p.add_argument("--to", required=True, help="trial id of an earlier champion")
+    p.add_argument("--reason", default="", help="why, for the log")
+    p.set_defaults(func=registry_command)
     d = sub.add_parser("doctor", help="check the AWS side of a Metaflow profile")
     d.add_argument("--profile", default="aws", help="Metaflow profile name (config_<name>.json)")
     d.set_defaults(func=doctor)

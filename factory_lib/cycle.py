@@ -20,7 +20,17 @@ from factory_lib.propose.base import renumber
 from factory_lib.propose.llm import KEY_VARIABLE, LLMProposer, LLMReport
 from factory_lib.propose.mix import Mix, llm_mix
 from factory_lib.records import Proposal, TrialRecord, TrialResult
-from factory_lib.registry import Champion, Measure, ModelPackage, PromotionDecision, decide
+from factory_lib.registry import (
+    Candidate,
+    Champion,
+    EventKind,
+    Measure,
+    ModelPackage,
+    PromotionDecision,
+    RegistryEvent,
+    decide,
+    utc_stamp,
+)
 from factory_lib.reward import ParetoFront, flags, pareto_front, score
 
 if TYPE_CHECKING:
@@ -88,6 +98,8 @@ class CycleOutcome:
     pareto: ParetoFront
     model_card: dict[str, Any] | None
     exports: Exports | None
+    promotions: tuple[RegistryEvent, ...]
+    pending: Candidate | None
 
     def summary_line(self) -> str:
         counts: dict[str, int] = {}
@@ -245,11 +257,33 @@ def close_cycle(
     package = previous.champion_package if previous else None
     card = previous.model_card if previous else None
     exports: Exports | None = previous.exports if previous else None
+    events = list(previous.events) if previous else []
+    pending = previous.pending if previous else None
     if decision.status == "promoted" and champion is not None:
-        package = package_of(plan, champion.record, weights)
-        exports, export_note = export_or_note(package, objective)
-        summary = exports.summary() if exports is not None else {"error": export_note}
-        card = model_card(objective, champion, decision, plan.data, run_pathspec, summary)
+        new_package = package_of(plan, champion.record, weights)
+        new_exports, export_note = export_or_note(new_package, objective)
+        summary = new_exports.summary() if new_exports is not None else {"error": export_note}
+        new_card = model_card(objective, champion, decision, plan.data, run_pathspec, summary)
+        if objective.promotion.require_approval:
+            reason = f"awaiting approval (factory approve / factory reject): {decision.reason}"
+            decision = decision.model_copy(update={"status": "pending", "reason": reason})
+            pending = Candidate(
+                champion=champion, package=new_package, model_card=new_card, exports=new_exports
+            )
+            champion = plan.champion
+        else:
+            package, exports, card = new_package, new_exports, new_card
+        kind: EventKind = "pending" if decision.status == "pending" else "promoted"
+        events.append(
+            RegistryEvent(
+                kind=kind,
+                trial_id=decision.challenger or "",
+                run=run_pathspec,
+                at=utc_stamp(),
+                actor="promotion gate",
+                reason=decision.reason,
+            )
+        )
     best_before = max(
         (r.val_reward for r in plan.history if r.eligible and r.val_reward is not None),
         default=None,
@@ -272,6 +306,8 @@ def close_cycle(
         pareto=pareto_front(objective, history),
         model_card=card,
         exports=exports,
+        promotions=tuple(events),
+        pending=pending,
     )
 
 

@@ -10,11 +10,17 @@ import os
 import pwd
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from factory_lib.records import TrialRecord
-from factory_lib.registry import Champion, ModelPackage
+from factory_lib.registry import (
+    Candidate,
+    Champion,
+    ModelPackage,
+    RegistryEvent,
+    events_from_tags,
+)
 
 OBJECTIVE_TAG = "objective:{}"
 DEFAULT_USER = "factory"
@@ -37,6 +43,8 @@ class CycleState:
     llm_usd_total: float
     model_card: dict[str, Any] | None = None
     exports: Any = None
+    events: tuple[RegistryEvent, ...] = ()  # the promotion log, tag events applied
+    pending: Candidate | None = None  # a promotion awaiting approval
 
 
 def ensure_metaflow_user() -> None:
@@ -123,7 +131,7 @@ def latest_cycle(
             continue
         with all_namespaces():
             data = run["end"].task.data
-            return CycleState(
+            state = CycleState(
                 run_pathspec=run.pathspec,
                 cycle=data.cycle,
                 history=tuple(data.history),
@@ -134,5 +142,77 @@ def latest_cycle(
                 llm_usd_total=getattr(data, "llm_usd_total", 0.0),
                 model_card=getattr(data, "model_card", None),
                 exports=getattr(data, "exports", None),
+                events=tuple(getattr(data, "promotions", ())),
+                pending=getattr(data, "pending", None),
             )
+            tag_events = events_from_tags(list(run.tags), run.pathspec)
+        return apply_events(state, tag_events, flow_name, objective_name)
     return None
+
+
+def apply_events(
+    state: CycleState, events: Sequence[RegistryEvent], flow_name: str, objective_name: str
+) -> CycleState:
+    """A cycle's state after the registry decisions people recorded on its run (as tags)."""
+    for event in events:
+        if (
+            event.kind == "approved"
+            and state.pending is not None
+            and state.pending.champion.trial_id == event.trial_id
+        ):
+            p = state.pending
+            state = replace(
+                state,
+                champion=p.champion,
+                champion_package=p.package,
+                model_card=p.model_card,
+                exports=p.exports,
+                pending=None,
+            )
+        elif (
+            event.kind == "rejected"
+            and state.pending is not None
+            and state.pending.champion.trial_id == event.trial_id
+        ):
+            state = replace(state, pending=None)
+        elif event.kind == "rollback":
+            champion, package, card, exports = find_package(
+                flow_name, objective_name, event.trial_id
+            )
+            state = replace(
+                state, champion=champion, champion_package=package, model_card=card, exports=exports
+            )
+        else:
+            continue
+        state = replace(state, events=(*state.events, event))
+    return state
+
+
+def find_package(
+    flow_name: str, objective_name: str, trial_id: str
+) -> tuple[Champion, ModelPackage, Any, Any]:
+    """The champion record, package, card and exports of a trial that was ever promoted."""
+    for run in cycle_runs(flow_name, objective_name):
+        with all_namespaces():
+            data = run["end"].task.data
+            for candidate in (
+                (
+                    getattr(data, "champion", None),
+                    getattr(data, "champion_package", None),
+                    getattr(data, "model_card", None),
+                    getattr(data, "exports", None),
+                ),
+                _pending_parts(getattr(data, "pending", None)),
+            ):
+                champion, package = candidate[0], candidate[1]
+                if champion is not None and package is not None and champion.trial_id == trial_id:
+                    return champion, package, candidate[2], candidate[3]
+    raise LookupError(
+        f"objective {objective_name!r} never had {trial_id!r} as champion or candidate"
+    )
+
+
+def _pending_parts(pending: Candidate | None) -> tuple[Any, Any, Any, Any]:
+    if pending is None:
+        return None, None, None, None
+    return pending.champion, pending.package, pending.model_card, pending.exports

@@ -256,6 +256,9 @@ class PromotionSpec(_Strict):
     max_jump_sd: float = Field(
         default=6.0, gt=0, description="flag a val reward this many SDs above history's"
     )
+    require_approval: bool = Field(
+        default=False, description="a promotion waits for `factory approve` / `factory reject`"
+    )
 
 
 class PriceSpec(_Strict):

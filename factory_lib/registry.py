@@ -59,7 +59,7 @@ class Evidence(_Frozen):
 
 
 class PromotionDecision(_Frozen):
-    status: Literal["promoted", "not_significant", "regressed", "infeasible", "flagged"]
+    status: Literal["promoted", "pending", "not_significant", "regressed", "infeasible", "flagged"]
     reason: str
     challenger: str | None = None
     champion: str | None = None
@@ -261,6 +261,66 @@ class ChampionModel:
         return prep.inverse_y(out.reshape(-1)) if prep is not None else out.reshape(-1)
 
 
+REGISTRY_TAG = "registry"
+EventKind = Literal["promoted", "pending", "approved", "rejected", "rollback"]
+
+
+class RegistryEvent(_Frozen):
+    """One entry of an objective's promotion log; the log is only ever appended to."""
+
+    kind: EventKind
+    trial_id: str
+    run: str
+    at: str  # UTC, e.g. 20261126T051900Z
+    actor: str
+    reason: str = ""
+
+
+class Candidate(_Frozen):
+    """A promotion waiting for a person's approval, with everything it would bring."""
+
+    champion: Champion
+    package: ModelPackage
+    model_card: dict[str, Any] | None = None
+    exports: Any = None
+
+
+def utc_stamp() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def event_tag(kind: EventKind, trial_id: str, actor: str, reason: str = "") -> str:
+    """A run tag that records a person's registry decision on that cycle's run."""
+    clean = " ".join(reason.split())[:200]
+    return f"{REGISTRY_TAG}:{kind}:{trial_id}:{utc_stamp()}:{actor}:{clean}"
+
+
+def events_from_tags(tags: Sequence[str], run: str) -> list[RegistryEvent]:
+    """The registry events recorded as tags on a run, oldest first."""
+    found = []
+    for tag in tags:
+        parts = tag.split(":", 5)
+        if (
+            len(parts) == 6
+            and parts[0] == REGISTRY_TAG
+            and parts[1] in ("approved", "rejected", "rollback")
+        ):
+            kind: Any = parts[1]
+            found.append(
+                RegistryEvent(
+                    kind=kind,
+                    trial_id=parts[2],
+                    run=run,
+                    at=parts[3],
+                    actor=parts[4],
+                    reason=parts[5],
+                )
+            )
+    return sorted(found, key=lambda e: e.at)
+
+
 def load_champion(objective_name: str, flow_name: str = "CycleFlow") -> ChampionModel:
     """The current champion of an objective, from its latest successful cycle."""
     from factory_lib.history import latest_cycle
@@ -269,3 +329,18 @@ def load_champion(objective_name: str, flow_name: str = "CycleFlow") -> Champion
     if state is None or state.champion_package is None:
         raise LookupError(f"objective {objective_name!r} has no champion yet: run a cycle first")
     return ChampionModel(state.champion_package)
+
+
+def load_version(objective_name: str, trial_id: str, flow_name: str = "CycleFlow") -> ChampionModel:
+    """Any model that was ever champion (or awaited approval) of an objective."""
+    from factory_lib.history import find_package
+
+    return ChampionModel(find_package(flow_name, objective_name, trial_id)[1])
+
+
+def versions(objective_name: str, flow_name: str = "CycleFlow") -> tuple[RegistryEvent, ...]:
+    """The objective's promotion log: every promotion, approval, rejection and rollback."""
+    from factory_lib.history import latest_cycle
+
+    state = latest_cycle(flow_name, objective_name)
+    return state.events if state is not None else ()

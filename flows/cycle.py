@@ -210,6 +210,8 @@ class CycleFlow(FlowSpec):
         self.pareto = outcome.pareto
         self.model_card = outcome.model_card
         self.exports = outcome.exports
+        self.promotions = outcome.promotions
+        self.pending = outcome.pending
         print(outcome.summary_line())
         self.next(self.end)
 
