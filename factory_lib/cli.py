@@ -122,6 +122,14 @@ def loop(args: argparse.Namespace) -> int:
     path = _objective_file(args)
     objective = _load(path)
     budget = objective.budget
+    if args.drift_data:
+        from factory_lib.drift import check_drift, load_labelled
+
+        report = check_drift(objective.name, *load_labelled(args.drift_data), FLOW_NAME)
+        print("\n".join(report.lines()))
+        if not report.warranted:
+            print("stop: no drift, no cycle started")
+            return 0
     print(f"factory loop: {objective.name} ({path}), up to {args.cycles} cycles", flush=True)
     for i in range(1, args.cycles + 1):
         fresh = args.fresh and i == 1
@@ -258,6 +266,16 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def drift_command(args: argparse.Namespace) -> int:
+    """Score the champion on new labelled data; exit 0 either way, the report says."""
+    from factory_lib.drift import check_drift, load_labelled
+
+    _cycles(args.objective)
+    report = check_drift(args.objective, *load_labelled(args.data), FLOW_NAME)
+    print(report.model_dump_json(indent=1) if args.json else "\n".join(report.lines()))
+    return 0
+
+
 def versions_command(args: argparse.Namespace) -> int:
     """Print the objective's promotion log."""
     from factory_lib.registry import versions
@@ -315,6 +333,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-workers", type=int, default=0, help="parallel train tasks (Metaflow's)")
     p.add_argument("--flow", type=Path, default=FLOW_FILE, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="show the flows' own output")
+    p.add_argument(
+        "--drift-data",
+        help="labelled data (.npz x/y or .csv): start only if `factory drift` says so",
+    )
     p.set_defaults(func=loop)
 
     p = sub.add_parser("status", help="a table of the cycles of an objective's search")
@@ -331,6 +353,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///digits.db")
     p.add_argument("--study-name", help="name of the study (default: the objective's)")
     p.set_defaults(func=export)
+    p = sub.add_parser("drift", help="is the champion still good on new labelled data?")
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    p.add_argument("--data", required=True, help=".npz with arrays x and y, or .csv, target last")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.set_defaults(func=drift_command)
     p = sub.add_parser("versions", help="the promotion log of an objective")
     p.add_argument("--objective", default="digits", help="objective name (digits)")
     p.set_defaults(func=versions_command)

@@ -418,6 +418,11 @@ class Objective(_Strict):
     def promotion_metric(self) -> str:
         return self.promotion.metric or self.reward.metric
 
+    @property
+    def promotion_direction(self) -> Literal["maximize", "minimize"]:
+        metric = self.promotion_metric
+        return self.primary_direction if metric == self.reward.metric else METRIC_DIRECTIONS[metric]
+
     def with_overrides(self, trials: int = 0, epochs: int = 0) -> Objective:
         """The same objective with the budget overridden by flow parameters (0 keeps it)."""
         budget = self.budget.model_copy(

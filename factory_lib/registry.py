@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from factory_lib.data import Preprocessing
-from factory_lib.objective import METRIC_DIRECTIONS, Objective
+from factory_lib.objective import Objective
 from factory_lib.records import TrialRecord
 
 if TYPE_CHECKING:
@@ -142,11 +142,7 @@ def decide(
         challenger.result.data_fingerprint,
     ):
         champion_values = values(champion.record, champion.test_value)
-    direction = (
-        METRIC_DIRECTIONS[metric]
-        if metric != objective.reward.metric
-        else objective.primary_direction
-    )
+    direction = objective.promotion_direction
     evidence = gate(
         challenger_values,
         champion_values,

@@ -1,0 +1,140 @@
+"""Drift: is the champion still as good on new labelled data, and does the data still look the same?
+
+`check_drift` scores the champion on new data with the sealed evaluator's metrics, compares
+with its held-out metrics, and tests each feature against the training split with a
+two-sample Kolmogorov–Smirnov test (Bonferroni-corrected). A new cycle is warranted when the
+promotion metric got worse by more than `promotion.min_improvement`, or when at least
+`DRIFTED_SHARE` of the features moved.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from factory_lib.data import load_splits
+from factory_lib.registry import ChampionModel, load_champion
+
+ALPHA = 0.01
+DRIFTED_SHARE = 0.1
+
+
+class DriftReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    objective: str
+    champion: str
+    rows: int
+    metric: str
+    now: dict[str, float]
+    held_out: dict[str, float]
+    worse_by: float  # in the metric's direction: positive means worse than on the held-out split
+    features_tested: int
+    drifted: tuple[tuple[int, float, float], ...]  # (feature index, KS statistic, p-value)
+    warranted: bool
+    reasons: tuple[str, ...]
+
+    def lines(self) -> list[str]:
+        drifted = ", ".join(f"#{i} (KS {d:.2f}, p {p:.1e})" for i, d, p in self.drifted[:10])
+        now, held = self.now[self.metric], self.held_out[self.metric]
+        how = "worse" if self.worse_by > 0 else "not worse"
+        return [
+            f"champion {self.champion} of {self.objective} on {self.rows} new rows:",
+            f"  {self.metric}: {now:.4f} now, {held:.4f} held-out"
+            f" ({how} by {abs(self.worse_by):.4f})",
+            f"  features drifted: {len(self.drifted)} of {self.features_tested}"
+            + (f": {drifted}" if drifted else ""),
+            "  a new cycle is warranted: " + "; ".join(self.reasons)
+            if self.warranted
+            else "  no new cycle needed",
+        ]
+
+
+def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Features and targets from .npz (arrays `x` and `y`) or .csv (target in the last column)."""
+    p = Path(path)
+    if p.suffix == ".npz":
+        with np.load(p) as data:
+            if "x" not in data or "y" not in data:
+                raise ValueError(
+                    f"{p}: an .npz needs arrays 'x' and 'y', found {sorted(data.files)}"
+                )
+            return np.asarray(data["x"], np.float32), np.asarray(data["y"])
+    if p.suffix == ".csv":
+        with p.open() as f:
+            rows = [r for r in csv.reader(f) if r]
+        try:
+            float(rows[0][0])
+        except ValueError:
+            rows = rows[1:]  # a header
+        table = np.asarray(rows, dtype=np.float64)
+        return table[:, :-1].astype(np.float32), table[:, -1]
+    raise ValueError(f"{p}: give a .npz (x, y) or a .csv (target last)")
+
+
+def check_drift(
+    objective_name: str, x: np.ndarray, y: np.ndarray, flow_name: str = "CycleFlow"
+) -> DriftReport:
+    """Score the champion on new labelled data and test its features for drift."""
+    import torch
+    from scipy import stats
+
+    from factory_lib.evaluate import quality_metrics
+
+    champion: ChampionModel = load_champion(objective_name, flow_name)
+    package = champion.package
+    objective = package.objective
+    metric = objective.promotion_metric
+    prep = package.preprocessing
+    outputs = torch.from_numpy(champion.outputs(x))
+    targets = np.asarray(y)
+    if objective.task == "classification":
+        target_tensor = torch.from_numpy(targets.astype(np.int64))
+    else:
+        scaled = prep.transform_y(targets.astype(np.float32)) if prep is not None else targets
+        target_tensor = torch.from_numpy(np.asarray(scaled, np.float32))
+    now = quality_metrics(outputs, target_tensor, objective.task, objective.metric_names, prep)
+    from factory_lib.history import latest_cycle
+
+    state = latest_cycle(flow_name, objective_name)
+    assert state is not None and state.champion is not None
+    evaluation = state.champion.record.result.evaluation
+    assert evaluation is not None
+    held_out = dict(evaluation.test)
+    sign = 1.0 if objective.promotion_direction == "maximize" else -1.0
+    worse_by = sign * (held_out[metric] - now[metric])
+    reasons = []
+    if worse_by > objective.promotion.min_improvement:
+        reasons.append(f"{metric} is worse than held-out by {worse_by:.4f}")
+    drifted: list[tuple[int, float, float]] = []
+    tested = 0
+    if objective.data.module is None:  # a user module's raw training features are its own
+        train = load_splits(objective.data, objective.task).raw_x["train"]
+        train_flat, new_flat = train.reshape(len(train), -1), x.reshape(len(x), -1)
+        tested = train_flat.shape[1]
+        for i in range(tested):
+            if np.ptp(train_flat[:, i]) == 0 and np.ptp(new_flat[:, i]) == 0:
+                continue
+            result = stats.ks_2samp(train_flat[:, i], new_flat[:, i])
+            if result.pvalue < ALPHA / tested:
+                drifted.append((i, float(result.statistic), float(result.pvalue)))
+        if tested and len(drifted) / tested >= DRIFTED_SHARE:
+            reasons.append(
+                f"{len(drifted)} of {tested} features drifted (KS, p < {ALPHA}/{tested})"
+            )
+    return DriftReport(
+        objective=objective_name,
+        champion=package.trial_id,
+        rows=len(x),
+        metric=metric,
+        now=now,
+        held_out=held_out,
+        worse_by=float(worse_by),
+        features_tested=tested,
+        drifted=tuple(sorted(drifted, key=lambda d: d[2])),
+        warranted=bool(reasons),
+        reasons=tuple(reasons),
+    )
