@@ -306,6 +306,9 @@ class ProposersSpec(_Strict):
         default=(), description="configurations to try first (e.g. a known baseline)"
     )
     llm: LLMSpec | None = Field(default=None, description="omit for Optuna alone")
+    multi_objective: bool = Field(
+        default=False, description="Optuna optimises reward.pareto's metrics jointly"
+    )
 
 
 class ResourcesSpec(_Strict):

@@ -100,3 +100,19 @@ def test_history_is_append_only() -> None:
         append(history, [record(SMOKE, 1)])
     with pytest.raises(HistoryRewriteError):
         check_extends(history, extended[1:])
+
+
+def test_multi_objective_study_when_asked() -> None:
+    mo = SMOKE.model_copy(
+        update={
+            "proposers": SMOKE.proposers.model_copy(update={"multi_objective": True}),
+            "reward": SMOKE.reward.model_copy(update={"pareto": ("accuracy", "params")}),
+        }
+    )
+    history = [
+        record(mo, i, val=0.6 + i / 10, params=1000 * (i + 1), lr=0.01 * (i + 1)) for i in range(3)
+    ]
+    study = build_study(mo, seen_by_proposers(mo, history), seed=0)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert [t.values for t in study.trials] == [[0.6, 1000.0], [0.7, 2000.0], [0.8, 3000.0]]
+    assert len(OptunaProposer(mo).propose(mo, seen_by_proposers(mo, history), 3, 2, 3)) == 3

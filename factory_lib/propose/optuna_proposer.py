@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.distributions import (
@@ -20,7 +20,13 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from factory_lib.objective import CategoricalParam, FloatParam, IntParam, Objective
+from factory_lib.objective import (
+    METRIC_DIRECTIONS,
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    Objective,
+)
 from factory_lib.propose.base import SeenTrial, make_proposal
 from factory_lib.records import Proposal, params_key
 
@@ -99,7 +105,7 @@ def _frozen(
     try:
         return optuna.trial.create_trial(
             state=state,
-            value=t.val_reward if state == TrialState.COMPLETE else None,
+            values=study_values(objective, t) if state == TrialState.COMPLETE else None,
             params={n: t.params[n] for n in names},
             distributions={n: dists[n] for n in names},
             intermediate_values=dict(enumerate(t.curve)) if state == TrialState.PRUNED else None,
@@ -108,6 +114,26 @@ def _frozen(
         )
     except ValueError:
         return None
+
+
+def study_directions(objective: Objective) -> list[Literal["maximize", "minimize"]]:
+    """One direction (the validation reward), or one per Pareto axis when asked."""
+    if not objective.proposers.multi_objective:
+        return ["maximize"]
+    reward = objective.reward
+    return [
+        objective.primary_direction if a == reward.metric else METRIC_DIRECTIONS[a]
+        for a in objective.pareto_axes
+    ]
+
+
+def study_values(objective: Objective, t: SeenTrial) -> list[float] | None:
+    """What Optuna is told of a completed trial: validation numbers only, never the test split."""
+    if t.val_reward is None:
+        return None
+    if not objective.proposers.multi_objective:
+        return [t.val_reward]
+    return [t.val[a] for a in objective.pareto_axes]
 
 
 def build_study(
@@ -120,7 +146,7 @@ def build_study(
     """A fresh study that has been told every trial of history: in memory for proposing, or
     in `storage` (an Optuna storage URL) when exporting history to Optuna's tools."""
     study = optuna.create_study(
-        direction="maximize",
+        directions=study_directions(objective),
         sampler=make_sampler(objective, seed),
         storage=storage,
         study_name=study_name,
@@ -128,7 +154,7 @@ def build_study(
     dists = distributions(objective, known_architectures(seen))
     for t in seen:
         frozen = _frozen(objective, dists, t)
-        if frozen is not None and not (t.status == "ok" and t.val_reward is None):
+        if frozen is not None and not (t.status == "ok" and study_values(objective, t) is None):
             study.add_trial(frozen)
     return study
 
@@ -171,7 +197,7 @@ class OptunaProposer:
     ) -> list[Proposal]:
         """`n` proposals numbered from `first_number`, none repeating history or `pending`."""
         study = build_study(objective, seen, seed=objective.proposers.seed * 7919 + cycle)
-        values = {t.key: t.val_reward for t in seen}
+        values = {t.key: study_values(objective, t) for t in seen}
         tried = {t.key for t in seen} | {p.key for p in pending}
         queued = [
             dict(c)
