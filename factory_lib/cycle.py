@@ -205,6 +205,11 @@ def results_from_task(
     ]
 
 
+def pruning_references(plan: CyclePlan) -> list[tuple[float, ...]]:
+    """Validation curves of history's trials that trained (completed or pruned)."""
+    return [r.result.curve for r in plan.history if r.status in ("ok", "pruned") and r.result.curve]
+
+
 def seed_measurer(plan: CyclePlan) -> Measure:
     """Re-measure a trial's held-out metric by retraining it with other seeds, in this task."""
     metric = plan.objective.promotion_metric

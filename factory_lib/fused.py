@@ -28,6 +28,7 @@ from factory_lib.datamodule import TensorDataModule, TrialData
 from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metrics
 from factory_lib.models import ACTIVATIONS, DEFAULTS, build_model
 from factory_lib.objective import Objective
+from factory_lib.prune import prune_reason
 from factory_lib.records import Proposal, TrialResult, weights_fingerprint
 from factory_lib.train import TRAINING_DEFAULTS, TrialOutput, serialise, train_metric
 
@@ -66,7 +67,10 @@ def _stacked_forward(
 
 
 def train_fused(
-    objective: Objective, proposals: Sequence[Proposal], data: TrialData
+    objective: Objective,
+    proposals: Sequence[Proposal],
+    data: TrialData,
+    references: Sequence[Sequence[float]] = (),
 ) -> list[TrialOutput]:
     """Train same-shape MLP trials as one batched model; one result per trial."""
     assert isinstance(data.datamodule, TensorDataModule), "fused trials need in-memory data"
@@ -162,13 +166,18 @@ def train_fused(
             if value != value:  # NaN
                 status[i] = ("diverged", "non-finite validation metric")
                 running.remove(i)
-            elif sign * value > best[i]:
+                continue
+            if sign * value > best[i]:
                 best[i], waits[i] = sign * value, 0
             else:
                 waits[i] += 1
-                if waits[i] >= objective.budget.early_stopping_patience:
-                    snapshots[i] = {n: t.detach().clone() for n, t in nets[i].state_dict().items()}
-                    running.remove(i)
+            pruned = prune_reason(curves[i], references, objective.pruning, direction)
+            if pruned is not None:  # as alone: the pruner speaks after early stopping's count
+                status[i] = ("pruned", pruned)
+                running.remove(i)
+            elif waits[i] >= objective.budget.early_stopping_patience:
+                snapshots[i] = {n: t.detach().clone() for n, t in nets[i].state_dict().items()}
+                running.remove(i)
     train_seconds = (time.monotonic() - started) / k
     outputs = []
     for i, p in enumerate(proposals):

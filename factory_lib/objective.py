@@ -223,6 +223,15 @@ class RewardSpec(_Strict):
         return self.direction or METRIC_DIRECTIONS[self.metric]
 
 
+class PruningSpec(_Strict):
+    """Stop trials whose validation curve falls behind history's (factory_lib.prune)."""
+
+    rule: Literal["none", "percentile"] = "percentile"
+    percentile: float = Field(default=50.0, gt=0, lt=100, description="50: the median rule")
+    warmup_epochs: int = Field(default=5, ge=1, description="never prune before this epoch")
+    min_trials: int = Field(default=4, ge=1, description="earlier curves needed at an epoch")
+
+
 class BudgetSpec(_Strict):
     trials_per_cycle: int = Field(default=8, ge=1, le=512)
     max_epochs: int = Field(default=30, ge=1)
@@ -327,6 +336,7 @@ class Objective(_Strict):
     metrics: tuple[str, ...] = ()
     reward: RewardSpec
     budget: BudgetSpec = BudgetSpec()
+    pruning: PruningSpec = PruningSpec()
     promotion: PromotionSpec = PromotionSpec()
     proposers: ProposersSpec = ProposersSpec()
     resources: ResourcesSpec = ResourcesSpec()

@@ -26,6 +26,7 @@ from factory_lib.datamodule import TrialData, build_trial_data
 from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metrics
 from factory_lib.models import ModelShapeError, build_model
 from factory_lib.objective import Objective
+from factory_lib.prune import prune_reason
 from factory_lib.records import Proposal, TrialResult, weights_fingerprint
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -48,6 +49,10 @@ def serialise(net: nn.Module) -> bytes:
 
 class TrialDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class TrialPruned(RuntimeError):
+    """The trial's validation curve fell behind earlier trials' (factory_lib.prune)."""
 
 
 class TrialTimedOut(RuntimeError):
@@ -147,6 +152,24 @@ class _Guard(L.Callback):
         self._check_time()
 
 
+class _Pruner(L.Callback):
+    """After each epoch's validation, stop the trial if its curve fell behind history's."""
+
+    def __init__(self, objective: Objective, references: Sequence[Sequence[float]]) -> None:
+        self.spec, self.references = objective.pruning, references
+        metric = train_metric(objective)
+        self.direction = (
+            objective.primary_direction if metric == objective.reward.metric else "maximize"
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after the epoch's validation, so the curve already holds this epoch's value.
+        assert isinstance(pl_module, TrialModule)
+        reason = prune_reason(pl_module.curve, self.references, self.spec, self.direction)
+        if reason is not None:
+            raise TrialPruned(reason)
+
+
 class _EpochReport(L.Callback):
     """One concise line per epoch in the task log (no progress bars)."""
 
@@ -178,7 +201,11 @@ def _cause(exc: BaseException) -> str:
 
 
 def run_trial(
-    objective: Objective, proposal: Proposal, data: TrialData, task_pathspec: str | None = None
+    objective: Objective,
+    proposal: Proposal,
+    data: TrialData,
+    task_pathspec: str | None = None,
+    references: Sequence[Sequence[float]] = (),
 ) -> TrialOutput:
     """Train and evaluate one proposal; every outcome becomes a result, none escapes as an error."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -233,6 +260,7 @@ def run_trial(
                     patience=objective.budget.early_stopping_patience,
                 ),
                 _EpochReport(proposal.trial_id, objective.budget.max_epochs),
+                _Pruner(objective, references),
             ],
         )
         trainer.fit(module, datamodule=data.datamodule)
@@ -251,6 +279,8 @@ def run_trial(
             raise TrialDiverged("non-finite evaluation metrics")
     except TrialDiverged as exc:
         return TrialOutput(result("diverged", str(exc)), None)
+    except TrialPruned as exc:
+        return TrialOutput(result("pruned", str(exc)), None)
     except TrialTimedOut as exc:
         return TrialOutput(
             result("timeout", f"{exc} ({objective.budget.trial_timeout_s:g} s)"), None
@@ -274,21 +304,28 @@ def train_group(
     proposals: Sequence[Proposal],
     task_pathspec: str | None = None,
     concurrent_tasks: int = 1,
+    references: Sequence[Sequence[float]] = (),
 ) -> list[TrialOutput]:
     """Run a group of proposals in this process; one's failure never touches another.
 
     Same-shape MLP trials are fused into one batched model (`budget.fuse`); the others train
-    back to back. Results come back in the order of `proposals`.
+    back to back. `references` are earlier trials' validation curves for pruning; each trial
+    that finishes here joins them for the next. Results come back in the order of `proposals`.
     """
     if not torch.cuda.is_available():
         torch.set_num_threads(cpu_threads(concurrent_tasks))
     data = build_trial_data(objective)
+    curves = [list(c) for c in references]
     done: dict[str, TrialOutput] = {}
     for cluster in fusable_clusters(objective, proposals, data):
-        done.update(_train_fused_or_alone(objective, cluster, data))
+        done.update(_train_fused_or_alone(objective, cluster, data, curves))
+        curves += [list(o.result.curve) for o in done.values() if o.result.curve]
     for proposal in proposals:
         if proposal.trial_id not in done:
-            done[proposal.trial_id] = run_trial(objective, proposal, data)
+            out = run_trial(objective, proposal, data, references=curves)
+            done[proposal.trial_id] = out
+            if out.result.curve:
+                curves.append(list(out.result.curve))
     outputs = []
     for proposal in proposals:
         out = done[proposal.trial_id]
@@ -321,14 +358,17 @@ def fusable_clusters(
 
 
 def _train_fused_or_alone(
-    objective: Objective, cluster: list[Proposal], data: TrialData
+    objective: Objective,
+    cluster: list[Proposal],
+    data: TrialData,
+    references: Sequence[Sequence[float]],
 ) -> dict[str, TrialOutput]:
     from factory_lib.fused import train_fused
 
     try:
-        outputs = train_fused(objective, cluster, data)
+        outputs = train_fused(objective, cluster, data, references)
     except Exception as exc:  # noqa: BLE001 - a fused failure must not lose the trials
         print(f"fused training of {len(cluster)} trials failed ({_cause(exc)}); training alone")
-        return {p.trial_id: run_trial(objective, p, data) for p in cluster}
+        return {p.trial_id: run_trial(objective, p, data, references=references) for p in cluster}
     print(f"fused {len(cluster)} trials: {', '.join(p.trial_id for p in cluster)}", flush=True)
     return {o.result.proposal.trial_id: o for o in outputs}

@@ -153,6 +153,7 @@ class CycleFlow(FlowSpec):
     @step
     def train(self):
         """Train and evaluate this group's trials; each outcome becomes a TrialResult."""
+        from factory_lib.cycle import pruning_references
         from factory_lib.train import train_group
 
         self.group = self.input
@@ -161,6 +162,7 @@ class CycleFlow(FlowSpec):
             self.group,
             current.pathspec,
             concurrent_tasks=len(self.trial_groups),
+            references=pruning_references(self.plan),
         )
         self.trial_results = [o.result for o in outputs]
         self.trial_weights = {
