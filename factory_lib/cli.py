@@ -319,6 +319,10 @@ def registry_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _objective_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -340,37 +344,37 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=loop)
 
     p = sub.add_parser("status", help="a table of the cycles of an objective's search")
-    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    _objective_option(p)
     p.set_defaults(func=status)
 
     p = sub.add_parser("show", help="one trial's record")
     p.add_argument("trial", help="trial id, e.g. c002-t05")
-    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    _objective_option(p)
     p.set_defaults(func=show)
 
     p = sub.add_parser("export-optuna", help="write the history as an Optuna study")
-    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    _objective_option(p)
     p.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///digits.db")
     p.add_argument("--study-name", help="name of the study (default: the objective's)")
     p.set_defaults(func=export)
     p = sub.add_parser("drift", help="is the champion still good on new labelled data?")
-    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    _objective_option(p)
     p.add_argument("--data", required=True, help=".npz with arrays x and y, or .csv, target last")
     p.add_argument("--json", action="store_true", help="the report as JSON")
     p.set_defaults(func=drift_command)
     p = sub.add_parser("versions", help="the promotion log of an objective")
-    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    _objective_option(p)
     p.set_defaults(func=versions_command)
     for name, what in (
         ("approve", "approve the promotion awaiting approval"),
         ("reject", "reject it"),
     ):
         p = sub.add_parser(name, help=what)
-        p.add_argument("--objective", default="digits", help="objective name (digits)")
+        _objective_option(p)
         p.add_argument("--reason", default="", help="why, for the log")
         p.set_defaults(func=registry_command)
     p = sub.add_parser("rollback", help="make an earlier champion the champion again")
-    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    _objective_option(p)
     p.add_argument("--to", required=True, help="trial id of an earlier champion")
     p.add_argument("--reason", default="", help="why, for the log")
     p.set_defaults(func=registry_command)
