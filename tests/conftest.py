@@ -63,6 +63,18 @@ def run_cycle(objective: Path, env: dict[str, str] | None = None, **params: Any)
         return running.run
 
 
+def factory_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the `factory` command (as `python -m factory_lib.cli`) from the repo root."""
+    return subprocess.run(
+        [sys.executable, "-m", "factory_lib.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
 def run_and_kill_after_first_trial(objective: Path, env: dict[str, str] | None = None) -> str:
     """Start a cycle, SIGKILL it (runtime and tasks) once a train task has finished: a crashed
     machine mid-foreach. Returns the killed run's id."""

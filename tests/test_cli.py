@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, write_objective
-
-
-def _factory(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "factory_lib.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
+from tests.conftest import factory_cli, write_objective
 
 
 @pytest.mark.slow
 def test_loop_stops_when_the_budget_is_spent(tmp_path: Path) -> None:
     objective = write_objective(tmp_path, "cli-budget", budget={"max_cycles": 2})
-    proc = _factory("loop", "--cycles", "5", "--config", str(objective), "--trials", "2", "--fresh")
+    proc = factory_cli(
+        "loop", "--cycles", "5", "--config", str(objective), "--trials", "2", "--fresh"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     cycles = [ln for ln in lines if ln.startswith("[")]
@@ -47,7 +35,7 @@ def test_loop_stops_after_patience_cycles_without_gain(tmp_path: Path) -> None:
         model={"builder": "tests.builders:planted"},
         budget={"patience": 1},
     )
-    proc = _factory(
+    proc = factory_cli(
         "loop",
         "--cycles",
         "3",
@@ -66,7 +54,7 @@ def test_loop_stops_after_patience_cycles_without_gain(tmp_path: Path) -> None:
 
 def test_loop_rejects_a_bad_objective_before_running(tmp_path: Path) -> None:
     bad = write_objective(tmp_path, "cli-bad", budget={"max_epochs": 0})
-    proc = _factory("loop", "--cycles", "1", "--config", str(bad))
+    proc = factory_cli("loop", "--cycles", "1", "--config", str(bad))
     assert proc.returncode == 2
     assert f"invalid objective {bad}" in proc.stderr
     assert "budget.max_epochs" in proc.stderr

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ import pytest
 from factory_lib.data import load_splits
 from factory_lib.drift import check_drift, load_labelled
 from factory_lib.objective import load_objective
-from tests.conftest import ROOT, run_cycle, write_objective
+from tests.conftest import factory_cli, run_cycle, write_objective
 
 
 def test_labelled_files_load(tmp_path: Path) -> None:
@@ -50,45 +47,20 @@ def test_shifted_data_warrants_a_cycle_and_unshifted_does_not(tmp_path: Path) ->
     assert any("features drifted" in r for r in report.reasons)
 
     np.savez(tmp_path / "shifted.npz", x=shifted, y=y)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "factory_lib.cli",
-            "drift",
-            "--objective",
-            "drift",
-            "--data",
-            str(tmp_path / "shifted.npz"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ},
-        timeout=300,
+    proc = factory_cli(
+        "drift", "--objective", "drift", "--data", str(tmp_path / "shifted.npz"), "--json"
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["warranted"] is True
     np.savez(tmp_path / "same.npz", x=x, y=y)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "factory_lib.cli",
-            "loop",
-            "--cycles",
-            "1",
-            "--config",
-            str(objective_path),
-            "--drift-data",
-            str(tmp_path / "same.npz"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ},
-        timeout=300,
+    proc = factory_cli(
+        "loop",
+        "--cycles",
+        "1",
+        "--config",
+        str(objective_path),
+        "--drift-data",
+        str(tmp_path / "same.npz"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-1] == "stop: no drift, no cycle started"

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from factory_lib.registry import events_from_tags, load_champion, load_version, versions
-from tests.conftest import ROOT, run_cycle, write_objective
+from tests.conftest import factory_cli, run_cycle, write_objective
 
 WEAK = {"lr": 0.001, "width": 4, "depth": 1}
 STRONG = {"lr": 0.08, "width": 32, "depth": 2}
 
 
 def _factory(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "factory_lib.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ},
-        timeout=300,
-    )
+    proc = factory_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
