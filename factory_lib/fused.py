@@ -30,7 +30,13 @@ from factory_lib.models import ACTIVATIONS, DEFAULTS, build_model
 from factory_lib.objective import Objective
 from factory_lib.prune import prune_reason
 from factory_lib.records import Proposal, TrialResult, weights_fingerprint
-from factory_lib.train import TRAINING_DEFAULTS, TrialOutput, serialise, train_metric
+from factory_lib.train import (
+    TRAINING_DEFAULTS,
+    TrialOutput,
+    serialise,
+    train_direction,
+    train_metric,
+)
 
 FUSABLE_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -79,7 +85,7 @@ def train_fused(
     deadline = started + objective.budget.trial_timeout_s
     summary = data.summary
     nets: list[nn.Module] = []
-    for p in proposals:  # each network built under its own seed: the initial weights alone had
+    for p in proposals:  # built under its own seed: the initial weights it would have alone
         L.seed_everything(p.seed, workers=True, verbose=False)
         nets.append(
             build_model(objective, p.params, summary.input_shape, summary.n_outputs).to(dm.device)
@@ -104,10 +110,7 @@ def train_fused(
         [float(p.params.get("dropout", DEFAULTS["dropout"])) for p in proposals], device=dm.device
     )
     batches = [dm.train_batches(p.seed) for p in proposals]
-    metric = train_metric(objective)
-    direction = (
-        objective.reward.resolved_direction if metric == objective.reward.metric else "maximize"
-    )
+    metric, direction = train_metric(objective), train_direction(objective)
     sign = 1.0 if direction == "maximize" else -1.0
     k = len(proposals)
     curves: list[list[float]] = [[] for _ in range(k)]

@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -25,7 +25,7 @@ from factory_lib.data import Preprocessing
 from factory_lib.datamodule import TrialData, build_trial_data
 from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metrics
 from factory_lib.models import ModelShapeError, build_model
-from factory_lib.objective import Objective
+from factory_lib.objective import METRIC_DIRECTIONS, Objective
 from factory_lib.prune import prune_reason
 from factory_lib.records import Proposal, TrialResult, weights_fingerprint
 
@@ -38,6 +38,16 @@ def train_metric(objective: Objective) -> str:
     """The validation metric a trial's curve and early stopping follow."""
     reward = objective.reward.metric
     return reward if reward in objective.metric_names else objective.metric_names[0]
+
+
+def train_direction(objective: Objective) -> Literal["maximize", "minimize"]:
+    """Which way is better for `train_metric` (the reward's own direction when it is that)."""
+    metric = train_metric(objective)
+    return (
+        objective.primary_direction
+        if metric == objective.reward.metric
+        else METRIC_DIRECTIONS[metric]
+    )
 
 
 def serialise(net: nn.Module) -> bytes:
@@ -157,10 +167,7 @@ class _Pruner(L.Callback):
 
     def __init__(self, objective: Objective, references: Sequence[Sequence[float]]) -> None:
         self.spec, self.references = objective.pruning, references
-        metric = train_metric(objective)
-        self.direction = (
-            objective.primary_direction if metric == objective.reward.metric else "maximize"
-        )
+        self.direction = train_direction(objective)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs after the epoch's validation, so the curve already holds this epoch's value.
@@ -238,11 +245,7 @@ def run_trial(
         )
         module = TrialModule(net, objective, proposal.params, data.preprocessing)
         monitor = f"val/{module.metric}"
-        direction = (
-            objective.reward.resolved_direction
-            if module.metric == objective.reward.metric
-            else "maximize"
-        )
+        direction = train_direction(objective)
         trainer = L.Trainer(
             accelerator="auto",
             devices=1,

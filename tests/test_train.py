@@ -133,3 +133,14 @@ def test_device_batches_match_a_seeded_dataloader() -> None:
         assert len(pairs) == len(batches) == -(-len(y) // 16)
         for (lx, ly), (bx, by) in pairs:
             assert torch.equal(lx, bx) and torch.equal(ly, by)
+
+
+def test_curves_and_early_stopping_follow_their_metrics_direction() -> None:
+    from factory_lib.train import train_direction, train_metric
+
+    diabetes = load_objective(ROOT / "objectives" / "diabetes.yaml")
+    by_size = diabetes.model_copy(
+        update={"reward": diabetes.reward.model_copy(update={"metric": "params"})}
+    )
+    assert train_metric(by_size) == "rmse" and train_direction(by_size) == "minimize"
+    assert train_direction(diabetes) == "minimize" and train_direction(DIGITS) == "maximize"
