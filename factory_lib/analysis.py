@@ -21,6 +21,7 @@ import pandas as pd
 from factory_lib.objective import METRIC_DIRECTIONS, Objective
 from factory_lib.records import TrialRecord
 from factory_lib.registry import Champion, PromotionDecision
+from factory_lib.reward import pareto_indices
 
 if TYPE_CHECKING:
     import optuna
@@ -318,23 +319,14 @@ def pareto_front(records: Sequence[TrialRecord], axes: Sequence[ParetoAxis]) -> 
         tuple(_signed(r.result.evaluation.metrics("val")[a.metric], a) for a in axes)  # type: ignore[union-attr]
         for r in candidates
     ]
-    front = [
-        r
-        for r, p in zip(candidates, points, strict=True)
-        if not any(_dominates(q, p) for q in points)
-    ]
-    return leaderboard(front)
+    # pareto_indices minimises: negate the signed (larger-is-better) axes
+    front = pareto_indices([tuple(-v for v in p) for p in points])
+    return leaderboard([candidates[i] for i in front])
 
 
 def _signed(value: float, a: ParetoAxis) -> float:
     """Larger is better on every signed axis."""
     return value if a.direction == "maximize" else -value
-
-
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(x >= y for x, y in zip(a, b, strict=True)) and any(
-        x > y for x, y in zip(a, b, strict=True)
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from factory_lib.objective import (
 from factory_lib.propose.base import SeenTrial, make_proposal
 from factory_lib.propose.optuna_proposer import uses_arch
 from factory_lib.records import Proposal, params_key
+from factory_lib.reward import pareto_indices
 
 TOOL_NAME = "propose_trials"
 FORCED_TOOL: ToolChoiceToolParam = {"type": "tool", "name": TOOL_NAME}
@@ -269,20 +270,10 @@ def _trial_view(t: SeenTrial) -> dict[str, Any]:
 
 def pareto_front(seen: Sequence[SeenTrial], metric: str, direction: str) -> list[SeenTrial]:
     """Completed trials not dominated on (the reward metric, parameter count)."""
-    sign = 1.0 if direction == "maximize" else -1.0
+    sign = -1.0 if direction == "maximize" else 1.0  # pareto_indices minimises every axis
     done = [t for t in seen if t.status == "ok" and metric in t.val]
-    front = []
-    for t in done:
-        q, size = sign * t.val[metric], t.val["params"]
-        dominated = any(
-            sign * o.val[metric] >= q
-            and o.val["params"] <= size
-            and (sign * o.val[metric] > q or o.val["params"] < size)
-            for o in done
-        )
-        if not dominated:
-            front.append(t)
-    return sorted(front, key=lambda t: t.val["params"])
+    front = pareto_indices([(sign * t.val[metric], t.val["params"]) for t in done])
+    return sorted((done[i] for i in front), key=lambda t: t.val["params"])
 
 
 def history_view(objective: Objective, spec: LLMSpec, seen: Sequence[SeenTrial]) -> dict[str, Any]:
