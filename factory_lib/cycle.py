@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from factory_lib.data import DataSummary, Preprocessing, describe_data, load_splits
+from factory_lib.fidelity import promotions
 from factory_lib.history import CycleState, append, check_extends, latest_cycle
 from factory_lib.model_card import model_card
 from factory_lib.objective import Objective
@@ -55,6 +56,7 @@ class CyclePlan:
     preprocessing: Preprocessing | None
     previous: CycleState | None
     notices: tuple[str, ...] = ()
+    warm_start: tuple[TrialRecord, ...] = ()  # history of `proposers.warm_start`'s objective
 
     @property
     def history(self) -> tuple[TrialRecord, ...]:
@@ -136,6 +138,17 @@ def plan_cycle(
             f"LLM proposer off: {KEY_VARIABLE} is not set, so this cycle runs on Optuna alone "
             f"({objective.proposers.sampler}). Set it to let Claude propose."
         )
+    warm: tuple[TrialRecord, ...] = ()
+    if objective.proposers.warm_start:
+        other = latest_cycle(flow_name, objective.proposers.warm_start)
+        warm = other.history if other else ()
+        notices.append(
+            f"warm start: the Optuna study is seeded with {len(warm)} trials of objective "
+            f"{objective.proposers.warm_start!r} ({other.run_pathspec})"
+            if other
+            else f"warm start: objective {objective.proposers.warm_start!r} has no finished "
+            "cycle yet, so this cycle starts cold"
+        )
     return CyclePlan(
         objective=objective,
         cycle=cycle,
@@ -143,14 +156,17 @@ def plan_cycle(
         preprocessing=preprocessing,
         previous=previous,
         notices=tuple(notices),
+        warm_start=warm,
     )
 
 
 def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
-    """The cycle's proposals: the LLM's share first, Optuna fills every other slot."""
+    """The cycle's proposals: fidelity promotions due first, then the LLM's share of the other
+    slots, and Optuna fills the rest."""
     objective = plan.objective
     seen = seen_by_proposers(objective, plan.history)
-    n = objective.budget.trials_per_cycle
+    promoted = promotions(objective, plan.history, plan.cycle)[: objective.budget.trials_per_cycle]
+    n = objective.budget.trials_per_cycle - len(promoted)
     first = len(plan.history)
     mix, report = None, None
     from_llm: list[Proposal] = []
@@ -170,9 +186,15 @@ def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
             from_llm = llm.propose(objective, seen, n_llm, plan.cycle, first)
             report = llm.report
     from_optuna = OptunaProposer(objective).propose(
-        objective, seen, n - len(from_llm), plan.cycle, first + len(from_llm), pending=from_llm
+        objective,
+        seen,
+        n - len(from_llm),
+        plan.cycle,
+        first + len(from_llm),
+        pending=from_llm,
+        warm=seen_by_proposers(objective, plan.warm_start),
     )
-    proposals = renumber(objective, [*from_llm, *from_optuna], first)
+    proposals = [*promoted, *renumber(objective, [*from_llm, *from_optuna], first)]
     return ProposalBatch(proposals=tuple(proposals), mix=mix, llm_report=report)
 
 
@@ -222,6 +244,9 @@ def seed_measurer(plan: CyclePlan) -> Measure:
                 update={
                     "trial_id": f"{record.trial_id}-s{j}",
                     "seed": (record.proposal.seed + SEED_STRIDE * j) % 2**31,
+                    # from scratch to the same epochs: what continuing from a checkpoint equals
+                    "continues": None,
+                    "checkpoint": None,
                 }
             )
             for j in range(1, k)

@@ -50,17 +50,27 @@ class DeviceBatches:
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
 
+    def skip(self, epochs: int) -> DeviceBatches:
+        """Draw past `epochs` passes, as a trial continued from a checkpoint does."""
+        for _ in range(epochs):
+            self._order()
+        return self
+
+    def _order(self) -> torch.Tensor | None:
+        if self.generator is None:
+            return None
+        n = len(self.y)
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        order = torch.randperm(n, generator=self.generator).to(self.x.device)
+        # Drawn now, not on exhaustion: Lightning stops after the last batch without asking
+        # for more, and the draws (hence the next epoch's order) must not depend on who
+        # iterates.
+        torch.randperm(n, generator=self.generator)
+        return order
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
-        if self.generator is None:
-            order = None
-        else:
-            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-            order = torch.randperm(n, generator=self.generator).to(self.x.device)
-            # Drawn now, not on exhaustion: Lightning stops after the last batch without
-            # asking for more, and the draws (hence the next epoch's order) must not depend
-            # on who iterates.
-            torch.randperm(n, generator=self.generator)
+        order = self._order()
         for i in range(0, n, self.batch_size):
             if order is None:
                 yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
@@ -90,8 +100,10 @@ class TensorDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DeviceBatches:
-        # seed_everything(trial seed) ran before fit, so each trial shuffles its own way.
-        return self.train_batches(torch.initial_seed())
+        # seed_everything(trial seed) ran before fit, so each trial shuffles its own way; a
+        # trial continued from a checkpoint goes on with the order its parent would have had.
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return self.train_batches(torch.initial_seed()).skip(getattr(module, "start_epoch", 0))
 
     def val_dataloader(self) -> DeviceBatches:
         return DeviceBatches(*self.tensors["val"], EVAL_BATCH, None)

@@ -26,12 +26,14 @@ from torch.nn import functional as F
 
 from factory_lib.datamodule import TensorDataModule, TrialData
 from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metrics
+from factory_lib.fidelity import needs_checkpoint, trial_epochs
 from factory_lib.models import ACTIVATIONS, DEFAULTS, build_model
 from factory_lib.objective import Objective
 from factory_lib.prune import prune_reason
 from factory_lib.records import Proposal, TrialResult, weights_fingerprint
 from factory_lib.train import (
     TRAINING_DEFAULTS,
+    Checkpoint,
     TrialOutput,
     serialise,
     train_direction,
@@ -41,14 +43,14 @@ from factory_lib.train import (
 FUSABLE_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
-def fuse_key(objective: Objective, params: dict[str, Any]) -> tuple[Any, ...] | None:
+def fuse_key(objective: Objective, params: dict[str, Any], epochs: int) -> tuple[Any, ...] | None:
     """Trials with equal keys can be fused; None for a trial that must train alone."""
     p = {**DEFAULTS, **TRAINING_DEFAULTS, **params}
     if objective.model.builder is not None or p["family"] != "mlp" or p["norm"] != "none":
         return None
     if p["optimizer"] not in FUSABLE_OPTIMIZERS:
         return None
-    return (int(p["depth"]), int(p["width"]), p["activation"], p["optimizer"])
+    return (int(p["depth"]), int(p["width"]), p["activation"], p["optimizer"], epochs)
 
 
 def _stacked_forward(
@@ -121,7 +123,8 @@ def train_fused(
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     val_x, val_y = dm.tensors["val"]
     too_long = f"ran past the budget's trial_timeout_s ({objective.budget.trial_timeout_s:g} s)"
-    for epoch in range(objective.budget.max_epochs):
+    target = trial_epochs(objective, proposals[0])  # one fuse key, one epoch budget
+    for epoch in range(target):
         for group in zip(*batches, strict=True):
             xb = torch.stack([b[0] for b in group])
             yb = torch.stack([b[1] for b in group])
@@ -181,6 +184,7 @@ def train_fused(
             elif waits[i] >= objective.budget.early_stopping_patience:
                 snapshots[i] = {n: t.detach().clone() for n, t in nets[i].state_dict().items()}
                 running.remove(i)
+    rng_after_fit = torch.get_rng_state()
     train_seconds = (time.monotonic() - started) / k
     outputs = []
     for i, p in enumerate(proposals):
@@ -208,15 +212,43 @@ def train_fused(
             train_seconds,
         )
         blob = serialise(nets[i])
+        kept = None
+        if needs_checkpoint(objective, p) and len(curves[i]) == target and i not in snapshots:
+            kept = Checkpoint(
+                net={n: t.detach().cpu().clone() for n, t in nets[i].state_dict().items()},
+                optimizer=_own_optimizer_state(optimizer, nets[i], training[i]),
+                curve=tuple(curves[i]),
+                early_stopping_best=sign * best[i],
+                early_stopping_wait=waits[i],
+                rng=rng_after_fit,
+            ).to_bytes()
         outputs.append(
             TrialOutput(
                 TrialResult(
                     status="ok",
                     evaluation=evaluation,
                     weights_sha=weights_fingerprint(blob),
+                    resumable=kept is not None,
                     **base,
                 ),
                 blob,
+                kept,
             )
         )
     return outputs
+
+
+def _own_optimizer_state(
+    fused: torch.optim.Optimizer, net: nn.Module, training: dict[str, Any]
+) -> dict[str, Any]:
+    """One trial's share of the fused optimiser, as the state of an optimiser of its own."""
+    alone = FUSABLE_OPTIMIZERS[str(training["optimizer"])](
+        net.parameters(), lr=float(training["lr"]), weight_decay=float(training["weight_decay"])
+    )
+    for param in net.parameters():
+        alone.state[param] = {
+            k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+            for k, v in fused.state[param].items()
+        }
+    state: dict[str, Any] = alone.state_dict()
+    return state

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from factory_lib.records import TrialRecord
+from factory_lib.records import Proposal, TrialRecord
 from factory_lib.registry import (
     Candidate,
     Champion,
@@ -216,3 +216,17 @@ def _pending_parts(pending: Candidate | None) -> tuple[Any, Any, Any, Any]:
     if pending is None:
         return None, None, None, None
     return pending.champion, pending.package, pending.model_card, pending.exports
+
+
+def stored_checkpoint(proposal: Proposal) -> bytes:
+    """The fidelity checkpoint a continued trial starts from, read from the task that stored it."""
+    from metaflow.client.core import Task
+
+    if proposal.continues is None or proposal.checkpoint is None:
+        raise LookupError(f"{proposal.trial_id} does not continue a stored checkpoint")
+    with all_namespaces():
+        stored = Task(proposal.checkpoint)["trial_checkpoints"].data
+    if proposal.continues not in stored:
+        raise LookupError(f"task {proposal.checkpoint} kept no checkpoint of {proposal.continues}")
+    blob: bytes = stored[proposal.continues]
+    return blob

@@ -8,6 +8,7 @@ runs. Everything downstream (data, models, proposers, reward, promotion) reads t
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -232,6 +233,23 @@ class PruningSpec(_Strict):
     min_trials: int = Field(default=4, ge=1, description="earlier curves needed at an epoch")
 
 
+class FidelitySpec(_Strict):
+    """Successive halving over epoch budgets (factory_lib.fidelity): many trials at the first
+    rung's epochs, the best 1/eta continued from their checkpoints to the next rung's."""
+
+    rungs: tuple[int, ...] = Field(
+        min_length=2, description="epoch budgets, strictly ascending, e.g. [3, 9, 27]"
+    )
+    eta: int = Field(default=3, ge=2, description="keep the best 1/eta of each rung")
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if v[0] < 1 or any(b <= a for a, b in pairwise(v)):
+            raise ValueError("rungs must be positive epoch counts in strictly ascending order")
+        return v
+
+
 class BudgetSpec(_Strict):
     trials_per_cycle: int = Field(default=8, ge=1, le=512)
     max_epochs: int = Field(default=30, ge=1)
@@ -318,6 +336,11 @@ class ProposersSpec(_Strict):
     multi_objective: bool = Field(
         default=False, description="Optuna optimises reward.pareto's metrics jointly"
     )
+    warm_start: str | None = Field(
+        default=None,
+        description="another objective (same model family, other data) whose history seeds "
+        "the Optuna study, marked as such",
+    )
 
 
 class ResourcesSpec(_Strict):
@@ -337,6 +360,9 @@ class Objective(_Strict):
     reward: RewardSpec
     budget: BudgetSpec = BudgetSpec()
     pruning: PruningSpec = PruningSpec()
+    fidelity: FidelitySpec | None = Field(
+        default=None, description="successive halving across epoch budgets; omit for none"
+    )
     promotion: PromotionSpec = PromotionSpec()
     proposers: ProposersSpec = ProposersSpec()
     resources: ResourcesSpec = ResourcesSpec()
@@ -381,6 +407,13 @@ class Objective(_Strict):
         ):
             raise ValueError(
                 f"model.families: 'cnn' needs image-shaped data; {self.data.dataset!r} is tabular"
+            )
+        if self.proposers.warm_start == self.name:
+            raise ValueError("proposers.warm_start: names this objective; name another one")
+        if self.fidelity and self.fidelity.rungs[-1] > self.budget.max_epochs:
+            raise ValueError(
+                f"fidelity.rungs: the last rung ({self.fidelity.rungs[-1]} epochs) exceeds "
+                f"budget.max_epochs ({self.budget.max_epochs})"
             )
         self._check_space()
         return self

@@ -37,6 +37,9 @@ class Proposal(_Frozen):
     source: str
     rationale: str = ""
     seed: int
+    epochs: int | None = None  # this trial's epoch budget (a fidelity rung); None: max_epochs
+    continues: str | None = None  # the trial whose checkpoint this one continues (fidelity)
+    checkpoint: str | None = None  # the task that stored that checkpoint, as a pathspec
 
     @property
     def key(self) -> str:
@@ -75,7 +78,9 @@ class TrialResult(_Frozen):
     cause: str = ""
     evaluation: Evaluation | None = None
     curve: tuple[float, ...] = ()
-    epochs: int = 0
+    epochs: int = 0  # the curve's length, counted from the first epoch of the first trial
+    start_epoch: int = 0  # epochs inherited from a checkpoint; trained here: epochs - start_epoch
+    resumable: bool = False  # a checkpoint was stored, so a fidelity promotion can continue it
     weights_sha: str | None = None
     task_pathspec: str | None = None
     started_at: float = 0.0

@@ -3,6 +3,8 @@
 A non-finite loss ends the trial as `diverged`, running past the budget's trial timeout as
 `timeout`, and any other exception as `failed` with its cause. `train_group` runs several
 proposals in one task (back to back), so one task's process start-up serves a whole group.
+Under successive halving (`fidelity`) a trial that completes a lower rung keeps a `Checkpoint`,
+and a promoted trial continues from it (factory_lib.fidelity).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -24,10 +26,12 @@ from torch import nn
 from factory_lib.data import Preprocessing
 from factory_lib.datamodule import TrialData, build_trial_data
 from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metrics
+from factory_lib.fidelity import needs_checkpoint, promotions, trial_epochs
 from factory_lib.models import ModelShapeError, build_model
 from factory_lib.objective import METRIC_DIRECTIONS, Objective
 from factory_lib.prune import prune_reason
-from factory_lib.records import Proposal, TrialResult, weights_fingerprint
+from factory_lib.records import Proposal, TrialRecord, TrialResult, weights_fingerprint
+from factory_lib.reward import score
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 TRAINING_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.0, "optimizer": "adam"}
@@ -55,6 +59,30 @@ def serialise(net: nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
     return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a trial stopped at a fidelity rung: all it needs to go on as if it never stopped."""
+
+    net: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    curve: tuple[float, ...]
+    early_stopping_best: float | None  # the best validation value so far, in the metric's units
+    early_stopping_wait: int  # epochs since it improved
+    rng: torch.Tensor  # torch's CPU random state (dropout masks) after the last epoch
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(asdict(self), buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Checkpoint:
+        return cls(**torch.load(io.BytesIO(blob), weights_only=True))
+
+
+CheckpointSource = Callable[[], bytes]
 
 
 class TrialDiverged(RuntimeError):
@@ -89,7 +117,16 @@ class TrialModule(L.LightningModule):
             nn.CrossEntropyLoss() if self.task == "classification" else nn.MSELoss()
         )
         self.curve: list[float] = []
+        self.start_epoch = 0  # epochs inherited from a checkpoint
+        self.resume_optimizer: dict[str, Any] | None = None
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def resume(self, checkpoint: Checkpoint) -> None:
+        """Continue from a checkpoint: its weights, curve and (once built) optimiser state."""
+        self.net.load_state_dict(checkpoint.net)
+        self.curve = list(checkpoint.curve)
+        self.start_epoch = len(checkpoint.curve)
+        self.resume_optimizer = checkpoint.optimizer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
@@ -130,6 +167,8 @@ class TrialModule(L.LightningModule):
             lr=float(self.training_params["lr"]),
             weight_decay=float(self.training_params["weight_decay"]),
         )
+        if self.resume_optimizer is not None:
+            optimizer.load_state_dict(self.resume_optimizer)
         return optimizer
 
 
@@ -184,21 +223,22 @@ class _EpochReport(L.Callback):
         self.trial_id, self.max_epochs = trial_id, max_epochs
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, TrialModule)
         logged = " ".join(
             f"{k} {float(v):.4g}" for k, v in sorted(trainer.callback_metrics.items())
         )
-        print(
-            f"[{self.trial_id}] epoch {trainer.current_epoch + 1}/{self.max_epochs} {logged}",
-            flush=True,
-        )
+        epoch = pl_module.start_epoch + trainer.current_epoch + 1
+        print(f"[{self.trial_id}] epoch {epoch}/{self.max_epochs} {logged}", flush=True)
 
 
 @dataclass(frozen=True)
 class TrialOutput:
-    """A trial's result and, when it trained to the end, its weights."""
+    """A trial's result and, when it trained to the end, its weights (and a fidelity
+    checkpoint when it may be promoted to a higher rung)."""
 
     result: TrialResult
     weights: bytes | None
+    checkpoint: bytes | None = None
 
 
 def _cause(exc: BaseException) -> str:
@@ -213,12 +253,18 @@ def run_trial(
     data: TrialData,
     task_pathspec: str | None = None,
     references: Sequence[Sequence[float]] = (),
+    checkpoint: CheckpointSource | None = None,
 ) -> TrialOutput:
-    """Train and evaluate one proposal; every outcome becomes a result, none escapes as an error."""
+    """Train and evaluate one proposal; every outcome becomes a result, none escapes as an error.
+
+    With `checkpoint` (a continuation under successive halving) the trial goes on from where
+    its parent stopped instead of from scratch.
+    """
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     started_at = time.time()
     started = time.monotonic()
     deadline = started + objective.budget.trial_timeout_s
+    target = trial_epochs(objective, proposal)
     L.seed_everything(proposal.seed, workers=True, verbose=False)
     module: TrialModule | None = None
 
@@ -231,6 +277,7 @@ def run_trial(
                 "cause": cause,
                 "curve": curve,
                 "epochs": len(curve),
+                "start_epoch": module.start_epoch if module is not None else 0,
                 "task_pathspec": task_pathspec,
                 "started_at": started_at,
                 "evaluator": EVALUATOR_FINGERPRINT,
@@ -246,10 +293,22 @@ def run_trial(
         module = TrialModule(net, objective, proposal.params, data.preprocessing)
         monitor = f"val/{module.metric}"
         direction = train_direction(objective)
+        early_stopping = L.pytorch.callbacks.EarlyStopping(
+            monitor=monitor,
+            mode="max" if direction == "maximize" else "min",
+            patience=objective.budget.early_stopping_patience,
+        )
+        if checkpoint is not None:
+            parent = Checkpoint.from_bytes(checkpoint())
+            module.resume(parent)
+            torch.set_rng_state(parent.rng)
+            if parent.early_stopping_best is not None:
+                early_stopping.best_score = torch.tensor(parent.early_stopping_best)
+            early_stopping.wait_count = parent.early_stopping_wait
         trainer = L.Trainer(
             accelerator="auto",
             devices=1,
-            max_epochs=objective.budget.max_epochs,
+            max_epochs=target - module.start_epoch,
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -257,16 +316,13 @@ def run_trial(
             num_sanity_val_steps=0,
             callbacks=[
                 _Guard(deadline),
-                L.pytorch.callbacks.EarlyStopping(
-                    monitor=monitor,
-                    mode="max" if direction == "maximize" else "min",
-                    patience=objective.budget.early_stopping_patience,
-                ),
-                _EpochReport(proposal.trial_id, objective.budget.max_epochs),
+                early_stopping,
+                _EpochReport(proposal.trial_id, target),
                 _Pruner(objective, references),
             ],
         )
         trainer.fit(module, datamodule=data.datamodule)
+        rng_after_fit = torch.get_rng_state()
         train_seconds = time.monotonic() - started
         if module.curve and not math.isfinite(module.curve[-1]):
             raise TrialDiverged("non-finite validation metric")
@@ -291,8 +347,30 @@ def run_trial(
     except Exception as exc:  # noqa: BLE001 - the boundary that turns any error into a record
         return TrialOutput(result("failed", _cause(exc)), None)
     weights = serialise(module.net)
+    kept = None
+    if (
+        needs_checkpoint(objective, proposal)
+        and len(module.curve) == target
+        and not early_stopping.stopped_epoch
+    ):
+        best = early_stopping.best_score
+        kept = Checkpoint(
+            net={k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()},
+            optimizer=trainer.optimizers[0].state_dict(),
+            curve=tuple(module.curve),
+            early_stopping_best=float(best) if torch.isfinite(best) else None,
+            early_stopping_wait=int(early_stopping.wait_count),
+            rng=rng_after_fit,
+        ).to_bytes()
     return TrialOutput(
-        result("ok", evaluation=evaluation, weights_sha=weights_fingerprint(weights)), weights
+        result(
+            "ok",
+            evaluation=evaluation,
+            weights_sha=weights_fingerprint(weights),
+            resumable=kept is not None,
+        ),
+        weights,
+        kept,
     )
 
 
@@ -308,12 +386,17 @@ def train_group(
     task_pathspec: str | None = None,
     concurrent_tasks: int = 1,
     references: Sequence[Sequence[float]] = (),
+    history: Sequence[TrialRecord] = (),
+    load_checkpoint: Callable[[Proposal], bytes] | None = None,
 ) -> list[TrialOutput]:
     """Run a group of proposals in this process; one's failure never touches another.
 
     Same-shape MLP trials are fused into one batched model (`budget.fuse`); the others train
     back to back. `references` are earlier trials' validation curves for pruning; each trial
-    that finishes here joins them for the next. Results come back in the order of `proposals`.
+    that finishes here joins them for the next. Under successive halving, trials promoted by
+    their rank among `history` and this group continue here at once (factory_lib.fidelity),
+    and a proposal that continues an earlier cycle's trial gets its checkpoint from
+    `load_checkpoint`. Results come back in the order of `proposals`, continuations after.
     """
     if not torch.cuda.is_available():
         torch.set_num_threads(cpu_threads(concurrent_tasks))
@@ -323,17 +406,39 @@ def train_group(
     for cluster in fusable_clusters(objective, proposals, data):
         done.update(_train_fused_or_alone(objective, cluster, data, curves))
         curves += [list(o.result.curve) for o in done.values() if o.result.curve]
+
+    def train_alone(proposal: Proposal) -> None:
+        source = _checkpoint_source(proposal, done, load_checkpoint)
+        out = run_trial(objective, proposal, data, references=curves, checkpoint=source)
+        done[proposal.trial_id] = out
+        if out.result.curve:
+            curves.append(list(out.result.curve))
+
     for proposal in proposals:
         if proposal.trial_id not in done:
-            out = run_trial(objective, proposal, data, references=curves)
-            done[proposal.trial_id] = out
-            if out.result.curve:
-                curves.append(list(out.result.curve))
+            train_alone(proposal)
+    cycle = max((p.cycle for p in proposals), default=0)
+    promoted: list[Proposal] = []
+    while objective.fidelity is not None:
+        local = [score(objective, o.result) for o in done.values()]
+        here = [
+            p
+            for p in promotions(objective, [*history, *local], cycle)
+            if (parent := done.get(p.continues or "")) is not None and parent.checkpoint
+        ]
+        if not here:
+            break
+        for proposal in here:
+            print(f"[{proposal.trial_id}] promoted: {proposal.rationale}", flush=True)
+            train_alone(proposal)
+        promoted += here
     outputs = []
-    for proposal in proposals:
+    for proposal in [*proposals, *promoted]:
         out = done[proposal.trial_id]
         out = TrialOutput(
-            out.result.model_copy(update={"task_pathspec": task_pathspec}), out.weights
+            out.result.model_copy(update={"task_pathspec": task_pathspec}),
+            out.weights,
+            out.checkpoint,
         )
         r = out.result
         print(
@@ -341,6 +446,29 @@ def train_group(
         )
         outputs.append(out)
     return outputs
+
+
+def _checkpoint_source(
+    proposal: Proposal,
+    done: dict[str, TrialOutput],
+    load_checkpoint: Callable[[Proposal], bytes] | None,
+) -> CheckpointSource | None:
+    """Where a continued trial's checkpoint comes from: this task, or the task that stored it.
+
+    Read lazily inside the trial, so a checkpoint that cannot be read fails that trial alone.
+    """
+    if proposal.continues is None:
+        return None
+    parent = done.get(proposal.continues)
+
+    def read() -> bytes:
+        if parent is not None and parent.checkpoint is not None:
+            return parent.checkpoint
+        if load_checkpoint is None:
+            raise LookupError(f"no checkpoint of {proposal.continues} in this task")
+        return load_checkpoint(proposal)
+
+    return read
 
 
 def fusable_clusters(
@@ -354,7 +482,9 @@ def fusable_clusters(
         return []
     clusters: dict[Any, list[Proposal]] = {}
     for p in proposals:
-        key = fuse_key(objective, p.params)
+        if p.continues is not None:  # continued from a checkpoint: alone
+            continue
+        key = fuse_key(objective, p.params, trial_epochs(objective, p))
         if key is not None:
             clusters.setdefault(key, []).append(p)
     return [c for c in clusters.values() if len(c) > 1]

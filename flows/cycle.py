@@ -4,7 +4,8 @@
 
     start    validate the objective, pick up the latest successful cycle of it, check the budget
     propose  ask the proposers for this cycle's trials (they see validation numbers only)
-    train    one Lightning fit per trial; every outcome, crash included, becomes a record
+    train    one Lightning fit per trial; every outcome, crash included, becomes a record;
+             under successive halving the group's best continue from their checkpoints
     join     score and flag, extend the append-only history, run the champion/challenger gate
              (re-measured over seeds), export and describe a new champion
     end      render the cycle card; tag the run `objective:<name>` so the next cycle chains
@@ -154,6 +155,7 @@ class CycleFlow(FlowSpec):
     def train(self):
         """Train and evaluate this group's trials; each outcome becomes a TrialResult."""
         from factory_lib.cycle import pruning_references
+        from factory_lib.history import stored_checkpoint
         from factory_lib.train import train_group
 
         self.group = self.input
@@ -163,10 +165,15 @@ class CycleFlow(FlowSpec):
             current.pathspec,
             concurrent_tasks=len(self.trial_groups),
             references=pruning_references(self.plan),
+            history=self.plan.history,
+            load_checkpoint=stored_checkpoint,
         )
         self.trial_results = [o.result for o in outputs]
         self.trial_weights = {
             o.result.weights_sha: o.weights for o in outputs if o.weights is not None
+        }
+        self.trial_checkpoints = {
+            o.result.proposal.trial_id: o.checkpoint for o in outputs if o.checkpoint is not None
         }
         self.next(self.join)
 

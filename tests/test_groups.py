@@ -27,7 +27,7 @@ def test_fused_trials_equal_the_same_trials_trained_alone() -> None:
         {"lr": 0.05, "width": 16, "depth": 1, "weight_decay": 0.01},
         {"lr": 0.003, "width": 16, "depth": 1},
     )
-    assert len({fuse_key(SMOKE, p.params) for p in proposals}) == 1
+    assert len({fuse_key(SMOKE, p.params, SMOKE.budget.max_epochs) for p in proposals}) == 1
     data = build_trial_data(SMOKE)
     fused = train_fused(SMOKE, proposals, data)
     alone = [run_trial(SMOKE, p, data) for p in proposals]

@@ -116,3 +116,60 @@ def test_multi_objective_study_when_asked() -> None:
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert [t.values for t in study.trials] == [[0.6, 1000.0], [0.7, 2000.0], [0.8, 3000.0]]
     assert len(OptunaProposer(mo).propose(mo, seen_by_proposers(mo, history), 3, 2, 3)) == 3
+
+
+def _warm_objective():
+    return SMOKE.model_copy(
+        update={"proposers": SMOKE.proposers.model_copy(update={"warm_start": "iris-wide"})}
+    )
+
+
+def test_a_warm_start_seeds_the_study_and_is_marked() -> None:
+    objective = _warm_objective()
+    # The other objective's history: good trials only at high learning rates and widths.
+    other = [
+        record(SMOKE, i, val=0.3 + 0.6 * (i % 2), lr=0.002 if i % 2 == 0 else 0.08, width=4 + i)
+        for i in range(12)
+    ]
+    other.append(record(SMOKE, 12, val=0.9, lr=5.0, width=8, depth=1))  # outside this space
+    warm = seen_by_proposers(objective, other)
+    study = build_study(objective, [], seed=0, warm=warm)
+    assert len(study.trials) == 12  # the one that does not fit this search space is left out
+    assert {t.user_attrs["warm_start"] for t in study.trials} == {"iris-wide"}
+    proposals = OptunaProposer(objective).propose(objective, [], 8, 1, 0, warm=warm)
+    cold = OptunaProposer(objective).propose(objective, [], 8, 1, 0)
+    assert all("warm-started from 12 trials of 'iris-wide'" in p.rationale for p in proposals)
+    assert not any("warm" in p.rationale for p in cold)
+    # Seeded, TPE samples where the other data's good trials were; cold, it samples at random.
+    warm_lrs = sorted(p.params["lr"] for p in proposals)
+    cold_lrs = sorted(p.params["lr"] for p in cold)
+    assert warm_lrs[len(warm_lrs) // 2] > cold_lrs[len(cold_lrs) // 2]
+
+
+def test_a_cycle_plans_its_warm_start_from_the_other_objectives_history(monkeypatch) -> None:
+    from factory_lib import cycle as cycle_module
+    from factory_lib.history import CycleState
+
+    objective = _warm_objective()
+    other = CycleState(
+        run_pathspec="CycleFlow/7",
+        cycle=1,
+        history=tuple(_history(9)),
+        champion=None,
+        champion_package=None,
+        stale_cycles=0,
+        llm_usd_total=0.0,
+    )
+    asked = []
+
+    def latest(flow: str, name: str, exclude_run: str | None = None):
+        asked.append(name)
+        return other if name == "iris-wide" else None
+
+    monkeypatch.setattr(cycle_module, "latest_cycle", latest)
+    plan = cycle_module.plan_cycle(objective, "CycleFlow", "8")
+    assert asked == ["smoke", "iris-wide"] and plan.cycle == 1 and plan.history == ()
+    assert plan.warm_start == other.history
+    assert any("seeded with 9 trials of objective 'iris-wide'" in n for n in plan.notices)
+    batch = cycle_module.propose_cycle(plan)
+    assert all("warm-started from 9 trials" in p.rationale for p in batch.proposals)

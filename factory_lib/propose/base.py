@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from factory_lib.fidelity import first_rung
 from factory_lib.objective import Objective
 from factory_lib.records import Proposal, TrialRecord, TrialStatus, params_key
 
@@ -93,6 +94,7 @@ def make_proposal(
         source=source,
         rationale=rationale,
         seed=trial_seed(objective, number),
+        epochs=first_rung(objective),
     )
 
 

@@ -97,7 +97,10 @@ def make_sampler(objective: Objective, seed: int) -> optuna.samplers.BaseSampler
 
 
 def _frozen(
-    objective: Objective, dists: dict[str, BaseDistribution], t: SeenTrial
+    objective: Objective,
+    dists: dict[str, BaseDistribution],
+    t: SeenTrial,
+    warm_from: str | None = None,
 ) -> FrozenTrial | None:
     """A history trial as Optuna knows it; None if it no longer fits the search space."""
     names = [n for n in active(objective, t.params) if n in t.params and n in dists]
@@ -110,7 +113,7 @@ def _frozen(
             distributions={n: dists[n] for n in names},
             intermediate_values=dict(enumerate(t.curve)) if state == TrialState.PRUNED else None,
             constraints={str(i): v for i, v in enumerate(t.constraint_excess)} or None,
-            user_attrs={"trial_id": t.trial_id},
+            user_attrs={"trial_id": t.trial_id} | ({"warm_start": warm_from} if warm_from else {}),
         )
     except ValueError:
         return None
@@ -142,9 +145,15 @@ def build_study(
     seed: int,
     storage: str | None = None,
     study_name: str | None = None,
+    warm: Sequence[SeenTrial] = (),
 ) -> optuna.Study:
     """A fresh study that has been told every trial of history: in memory for proposing, or
-    in `storage` (an Optuna storage URL) when exporting history to Optuna's tools."""
+    in `storage` (an Optuna storage URL) when exporting history to Optuna's tools.
+
+    `warm` trials come from another objective (`proposers.warm_start`); they are told first,
+    with the user attribute `warm_start`, and those that do not fit this search space are left
+    out. Under successive halving a configuration is told once, at the highest rung it reached.
+    """
     study = optuna.create_study(
         directions=study_directions(objective),
         sampler=make_sampler(objective, seed),
@@ -152,8 +161,11 @@ def build_study(
         study_name=study_name,
     )
     dists = distributions(objective, known_architectures(seen))
-    for t in seen:
-        frozen = _frozen(objective, dists, t)
+    warm_from = objective.proposers.warm_start
+    latest = {t.key: t for t in seen}  # history's order: a continuation follows its parent
+    told = [(t, warm_from) for t in warm] + [(t, None) for t in latest.values()]
+    for t, source in told:
+        frozen = _frozen(objective, dists, t, source)
         if frozen is not None and not (t.status == "ok" and study_values(objective, t) is None):
             study.add_trial(frozen)
     return study
@@ -194,9 +206,19 @@ class OptunaProposer:
         cycle: int,
         first_number: int,
         pending: Sequence[Proposal] = (),
+        warm: Sequence[SeenTrial] = (),
     ) -> list[Proposal]:
-        """`n` proposals numbered from `first_number`, none repeating history or `pending`."""
-        study = build_study(objective, seen, seed=objective.proposers.seed * 7919 + cycle)
+        """`n` proposals numbered from `first_number`, none repeating history or `pending`;
+        `warm`: another objective's trials to seed the study with (`proposers.warm_start`)."""
+        study = build_study(
+            objective, seen, seed=objective.proposers.seed * 7919 + cycle, warm=warm
+        )
+        n_warm = sum("warm_start" in t.user_attrs for t in study.trials)
+        warmed = (
+            f"; study warm-started from {n_warm} trials of {objective.proposers.warm_start!r}"
+            if n_warm
+            else ""
+        )
         values = {t.key: study_values(objective, t) for t in seen}
         tried = {t.key for t in seen} | {p.key for p in pending}
         queued = [
@@ -231,7 +253,8 @@ class OptunaProposer:
             rationale = (
                 "enqueued by the objective (proposers.enqueue)"
                 if len(proposals) < len(queued)
-                else f"{self.name} sample after {len(study.trials) - 1} told or pending trials"
+                else f"{self.name} sample after {len(study.trials) - 1} told or pending "
+                f"trials{warmed}"
             )
             proposals.append(
                 make_proposal(
