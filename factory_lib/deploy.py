@@ -10,8 +10,11 @@ turned into Metaflow's own flow decorators by the `deployed` mutator:
   ends the chain. Step Functions cannot do this (Metaflow refuses it there): use a schedule.
 - `secrets`: `@secrets(sources=...)` on the propose step only, so an API key reaches the task
   that calls the model as an environment variable, never as an artifact.
+- `optuna_storage`: an Optuna storage every train task reaches (postgresql://..., redis://...,
+  or a journal file path for tasks on one machine): trials are then also pruned against the
+  curves of this cycle's trials in other tasks as they train (factory_lib.prune.Curves).
 
-Local runs ignore all three.
+Local runs ignore the first three; `optuna_storage` applies wherever the tasks run.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class Deployment(BaseModel):
     schedule: str | None = Field(default=None, description="EventBridge cron, UTC")
     chain: bool = Field(default=False, description="each successful cycle starts the next")
     secrets: tuple[str, ...] = Field(default=(), description="@secrets sources for propose")
+    optuna_storage: str | None = Field(
+        default=None, description="shared Optuna storage: prune against other tasks' trials"
+    )
 
     @field_validator("schedule")
     @classmethod

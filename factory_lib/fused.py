@@ -29,7 +29,7 @@ from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metric
 from factory_lib.fidelity import needs_checkpoint, trial_epochs
 from factory_lib.models import ACTIVATIONS, DEFAULTS, build_model
 from factory_lib.objective import Objective
-from factory_lib.prune import prune_reason
+from factory_lib.prune import Curves, prune_reason
 from factory_lib.records import Proposal, TrialResult, weights_fingerprint
 from factory_lib.train import (
     TRAINING_DEFAULTS,
@@ -78,11 +78,12 @@ def train_fused(
     objective: Objective,
     proposals: Sequence[Proposal],
     data: TrialData,
-    references: Sequence[Sequence[float]] = (),
+    references: Sequence[Sequence[float]] | Curves = (),
 ) -> list[TrialOutput]:
     """Train same-shape MLP trials as one batched model; one result per trial."""
     assert isinstance(data.datamodule, TensorDataModule), "fused trials need in-memory data"
     dm = data.datamodule
+    board = Curves.of(references)
     started, started_at = time.monotonic(), time.time()
     deadline = started + objective.budget.trial_timeout_s
     summary = data.summary
@@ -177,7 +178,9 @@ def train_fused(
                 best[i], waits[i] = sign * value, 0
             else:
                 waits[i] += 1
-            pruned = prune_reason(curves[i], references, objective.pruning, direction)
+            board.report(proposals[i].trial_id, curves[i])
+            others = board.others(proposals[i].trial_id)
+            pruned = prune_reason(curves[i], others, objective.pruning, direction)
             if pruned is not None:  # as alone: the pruner speaks after early stopping's count
                 status[i] = ("pruned", pruned)
                 running.remove(i)

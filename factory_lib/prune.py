@@ -12,11 +12,14 @@ nothing is pruned there.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from factory_lib.objective import PruningSpec
+
+if TYPE_CHECKING:  # optuna is imported only where a shared storage is used
+    import optuna
 
 
 def prune_reason(
@@ -45,3 +48,88 @@ def prune_reason(
         f"pruned at epoch {epoch}: {value:.4g} is worse than the {spec.percentile:g}th-percentile "
         f"bar {bar:.4g} of {len(earlier)} earlier trials at that epoch"
     )
+
+
+class Curves:
+    """The curves a running trial is compared with, and where it reports its own.
+
+    Always: the earlier trials' curves given at the start (history, and each trial that
+    finished before it in the same task). With `storage` (an Optuna storage URL, or a journal
+    file path every train task reaches), also the curves of this cycle's trials in other
+    tasks, epoch by epoch as they train: each trial is a trial of the Optuna study `study`
+    there and reports its validation metric per epoch. Pruning then depends on timing, so a
+    resumed cycle may prune differently.
+    """
+
+    def __init__(
+        self,
+        earlier: Sequence[Sequence[float]] = (),
+        storage: str | None = None,
+        study: str = "curves",
+    ) -> None:
+        self.earlier: list[Sequence[float]] = list(earlier)
+        self.study = _shared_study(storage, study) if storage else None
+        self._trials: dict[str, optuna.Trial] = {}
+
+    @classmethod
+    def of(cls, references: Sequence[Sequence[float]] | Curves) -> Curves:
+        return references if isinstance(references, Curves) else cls(references)
+
+    def others(self, trial_id: str) -> list[Sequence[float]]:
+        """Every curve but this trial's own."""
+        if self.study is None:
+            return self.earlier
+        own = self._trials.get(trial_id)
+        shared = [
+            [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
+            for t in self.study.get_trials(deepcopy=False)
+            if (own is None or t.number != own.number) and t.intermediate_values
+        ]
+        return [*self.earlier, *shared]
+
+    def report(self, trial_id: str, curve: Sequence[float]) -> None:
+        """After an epoch: the trial's curve so far (its last value is the new one)."""
+        if self.study is None or not curve:
+            return
+        trial = self._trials.get(trial_id)
+        if trial is None:
+            trial = self._trials[trial_id] = self.study.ask()
+            trial.set_user_attr("trial_id", trial_id)
+            for epoch, value in enumerate(curve[:-1]):  # a continuation's inherited epochs
+                trial.report(value, epoch)
+        trial.report(curve[-1], len(curve) - 1)
+
+    def finished(self, trial_id: str, curve: Sequence[float], status: str) -> None:
+        """A trial of this task ended: its curve counts for the next ones here."""
+        if self.study is None:
+            if curve:
+                self.earlier.append(curve)
+            return
+        trial = self._trials.pop(trial_id, None)
+        if trial is None:
+            return
+        from optuna.trial import TrialState
+
+        if status == "ok" and curve:
+            self.study.tell(trial, curve[-1])
+        else:
+            self.study.tell(
+                trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL
+            )
+
+
+def _shared_study(storage: str, name: str) -> optuna.Study:
+    """The study in `storage`: a database URL (sqlite:///, postgresql://...), redis:// for a
+    Redis journal, otherwise a journal file (processes on one machine may share it)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+
+    backend: optuna.storages.BaseStorage | str
+    if storage.startswith("redis://"):
+        backend = JournalStorage(JournalRedisBackend(storage))
+    elif "://" in storage:
+        backend = storage
+    else:
+        backend = JournalStorage(JournalFileBackend(storage))
+    return optuna.create_study(storage=backend, study_name=name, load_if_exists=True)

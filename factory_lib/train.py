@@ -29,7 +29,7 @@ from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metric
 from factory_lib.fidelity import needs_checkpoint, promotions, trial_epochs
 from factory_lib.models import ModelShapeError, build_model
 from factory_lib.objective import METRIC_DIRECTIONS, Objective
-from factory_lib.prune import prune_reason
+from factory_lib.prune import Curves, prune_reason
 from factory_lib.records import Proposal, TrialRecord, TrialResult, weights_fingerprint
 from factory_lib.reward import score
 
@@ -202,16 +202,19 @@ class _Guard(L.Callback):
 
 
 class _Pruner(L.Callback):
-    """After each epoch's validation, stop the trial if its curve fell behind history's."""
+    """After each epoch's validation, report the curve and stop the trial if it fell behind
+    the other trials' (factory_lib.prune)."""
 
-    def __init__(self, objective: Objective, references: Sequence[Sequence[float]]) -> None:
-        self.spec, self.references = objective.pruning, references
+    def __init__(self, objective: Objective, references: Curves, trial_id: str) -> None:
+        self.spec, self.references, self.trial_id = objective.pruning, references, trial_id
         self.direction = train_direction(objective)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs after the epoch's validation, so the curve already holds this epoch's value.
         assert isinstance(pl_module, TrialModule)
-        reason = prune_reason(pl_module.curve, self.references, self.spec, self.direction)
+        self.references.report(self.trial_id, pl_module.curve)
+        others = self.references.others(self.trial_id)
+        reason = prune_reason(pl_module.curve, others, self.spec, self.direction)
         if reason is not None:
             raise TrialPruned(reason)
 
@@ -252,7 +255,7 @@ def run_trial(
     proposal: Proposal,
     data: TrialData,
     task_pathspec: str | None = None,
-    references: Sequence[Sequence[float]] = (),
+    references: Sequence[Sequence[float]] | Curves = (),
     checkpoint: CheckpointSource | None = None,
 ) -> TrialOutput:
     """Train and evaluate one proposal; every outcome becomes a result, none escapes as an error.
@@ -318,7 +321,7 @@ def run_trial(
                 _Guard(deadline),
                 early_stopping,
                 _EpochReport(proposal.trial_id, target),
-                _Pruner(objective, references),
+                _Pruner(objective, Curves.of(references), proposal.trial_id),
             ],
         )
         trainer.fit(module, datamodule=data.datamodule)
@@ -385,34 +388,37 @@ def train_group(
     proposals: Sequence[Proposal],
     task_pathspec: str | None = None,
     concurrent_tasks: int = 1,
-    references: Sequence[Sequence[float]] = (),
+    references: Sequence[Sequence[float]] | Curves = (),
     history: Sequence[TrialRecord] = (),
     load_checkpoint: Callable[[Proposal], bytes] | None = None,
 ) -> list[TrialOutput]:
     """Run a group of proposals in this process; one's failure never touches another.
 
     Same-shape MLP trials are fused into one batched model (`budget.fuse`); the others train
-    back to back. `references` are earlier trials' validation curves for pruning; each trial
-    that finishes here joins them for the next. Under successive halving, trials promoted by
-    their rank among `history` and this group continue here at once (factory_lib.fidelity),
-    and a proposal that continues an earlier cycle's trial gets its checkpoint from
-    `load_checkpoint`. Results come back in the order of `proposals`, continuations after.
+    back to back. `references` are earlier trials' validation curves for pruning (or a shared
+    `Curves` board); each trial that finishes here joins them for the next. Under successive
+    halving, trials promoted by their rank among `history` and this group continue here at
+    once (factory_lib.fidelity), and a proposal that continues an earlier cycle's trial gets
+    its checkpoint from `load_checkpoint`. Results come back in the order of `proposals`,
+    continuations after.
     """
     if not torch.cuda.is_available():
         torch.set_num_threads(cpu_threads(concurrent_tasks))
     data = build_trial_data(objective)
-    curves = [list(c) for c in references]
+    curves = references if isinstance(references, Curves) else Curves(references)
     done: dict[str, TrialOutput] = {}
+
+    def finished(outputs: Sequence[TrialOutput]) -> None:
+        for out in outputs:
+            done[out.result.proposal.trial_id] = out
+            curves.finished(out.result.proposal.trial_id, out.result.curve, out.result.status)
+
     for cluster in fusable_clusters(objective, proposals, data):
-        done.update(_train_fused_or_alone(objective, cluster, data, curves))
-        curves += [list(o.result.curve) for o in done.values() if o.result.curve]
+        finished(_train_fused_or_alone(objective, cluster, data, curves))
 
     def train_alone(proposal: Proposal) -> None:
         source = _checkpoint_source(proposal, done, load_checkpoint)
-        out = run_trial(objective, proposal, data, references=curves, checkpoint=source)
-        done[proposal.trial_id] = out
-        if out.result.curve:
-            curves.append(list(out.result.curve))
+        finished([run_trial(objective, proposal, data, references=curves, checkpoint=source)])
 
     for proposal in proposals:
         if proposal.trial_id not in done:
@@ -494,14 +500,14 @@ def _train_fused_or_alone(
     objective: Objective,
     cluster: list[Proposal],
     data: TrialData,
-    references: Sequence[Sequence[float]],
-) -> dict[str, TrialOutput]:
+    references: Curves,
+) -> list[TrialOutput]:
     from factory_lib.fused import train_fused
 
     try:
         outputs = train_fused(objective, cluster, data, references)
     except Exception as exc:  # noqa: BLE001 - a fused failure must not lose the trials
         print(f"fused training of {len(cluster)} trials failed ({_cause(exc)}); training alone")
-        return {p.trial_id: run_trial(objective, p, data, references=references) for p in cluster}
+        return [run_trial(objective, p, data, references=references) for p in cluster]
     print(f"fused {len(cluster)} trials: {', '.join(p.trial_id for p in cluster)}", flush=True)
-    return {o.result.proposal.trial_id: o for o in outputs}
+    return outputs

@@ -154,7 +154,7 @@ class CycleFlow(FlowSpec):
     @step
     def train(self):
         """Train and evaluate this group's trials; each outcome becomes a TrialResult."""
-        from factory_lib.cycle import pruning_references
+        from factory_lib.cycle import pruning_curves
         from factory_lib.history import stored_checkpoint
         from factory_lib.train import train_group
 
@@ -164,7 +164,9 @@ class CycleFlow(FlowSpec):
             self.group,
             current.pathspec,
             concurrent_tasks=len(self.trial_groups),
-            references=pruning_references(self.plan),
+            references=pruning_curves(
+                self.plan, self.deployment.to_dict().get("optuna_storage"), current.run_id
+            ),
             history=self.plan.history,
             load_checkpoint=stored_checkpoint,
         )

@@ -46,7 +46,12 @@ def write_objective(tmp_path: Path, name: str, base: str = "smoke", **overrides:
     return path
 
 
-def run_cycle(objective: Path, env: dict[str, str] | None = None, **params: Any) -> Any:
+def run_cycle(
+    objective: Path,
+    env: dict[str, str] | None = None,
+    deployment: Path | None = None,
+    **params: Any,
+) -> Any:
     """Run one real cycle through metaflow.Runner; returns the finished metaflow.Run."""
     from metaflow import Runner
 
@@ -57,7 +62,10 @@ def run_cycle(objective: Path, env: dict[str, str] | None = None, **params: Any)
         show_output=False,
         cwd=_DATASTORE,
         env=env or {},
-        config=[("objective", str(objective))],
+        config=[
+            ("objective", str(objective)),
+            *([("deployment", str(deployment))] if deployment else []),
+        ],
     ).run(max_workers=2, **params) as running:
         assert running.status == "successful", running.stderr[-3000:]
         return running.run

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 
 from factory_lib.datamodule import build_trial_data
@@ -154,9 +155,21 @@ def test_promotions_due_after_the_join_continue_in_the_next_cycle(tmp_path: Path
         fidelity={"rungs": [2, 6], "eta": 2},
         pruning={"rule": "none"},
     )
-    first = run_cycle(objective, fresh=True)["end"].task.data
+    # The trials also report their curves to a shared Optuna storage (a journal file here).
+    journal = tmp_path / "curves.journal"
+    deployment = tmp_path / "deployment.yaml"
+    deployment.write_text(f"optuna_storage: {journal}\n")
+    run = run_cycle(objective, deployment=deployment, fresh=True)
+    first = run["end"].task.data
     # One trial per task: no task saw two trials of the rung, so nothing continued in cycle 1.
     assert [(r.result.epochs, r.result.resumable) for r in first.records] == [(2, True)] * 2
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    shared = optuna.load_study(study_name=f"fidelity-curves-{run.id}", storage=storage)
+    assert {
+        t.user_attrs["trial_id"]: tuple(t.intermediate_values.values()) for t in shared.trials
+    } == {r.trial_id: r.result.curve for r in first.records}
     second = run_cycle(objective, trials=1)["end"].task.data
     [record] = second.records
     parent = min(first.records, key=lambda r: (-r.val_reward, r.proposal.number))

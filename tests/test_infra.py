@@ -46,7 +46,12 @@ def test_deployment_files_validate() -> None:
     for path in (ROOT / "infra" / "deploy").glob("*.yaml"):
         spec = parse_deployment(path.read_text(), str(path))
         assert spec["schedule"] or spec["chain"], path
-    assert parse_deployment("") == {"schedule": None, "chain": False, "secrets": []}
+    assert parse_deployment("") == {
+        "schedule": None,
+        "chain": False,
+        "secrets": [],
+        "optuna_storage": None,
+    }
 
 
 @pytest.mark.parametrize(

@@ -54,3 +54,43 @@ def test_a_bad_configuration_is_pruned_in_cycle_two_with_its_curve(tmp_path: Pat
     assert "worse than the 50th-percentile bar" in pruned.result.cause
     assert 2 <= pruned.result.epochs < 8 and len(pruned.result.curve) == pruned.result.epochs
     assert second.history[:3] == first.history
+
+
+def test_trials_in_other_tasks_count_through_a_shared_optuna_storage(tmp_path: Path) -> None:
+    import optuna
+
+    from factory_lib.objective import load_objective
+    from factory_lib.propose.base import make_proposal
+    from factory_lib.prune import Curves
+    from factory_lib.train import train_group
+    from tests.conftest import ROOT
+
+    smoke = load_objective(ROOT / "objectives" / "smoke.yaml")
+    objective = smoke.model_copy(
+        update={
+            "pruning": PruningSpec(rule="percentile", warmup_epochs=2, min_trials=3),
+            "budget": smoke.budget.model_copy(update={"max_epochs": 4, "fuse": False}),
+        }
+    )
+    journal = str(tmp_path / "curves.journal")
+    good = [
+        make_proposal(objective, 1, i, i, {"lr": 0.05, "width": 16 + i, "depth": 1}, "test", "")
+        for i in range(3)
+    ]
+    bad = make_proposal(objective, 1, 3, 3, {"lr": 0.001, "width": 4, "depth": 1}, "test", "")
+    # Two train tasks of one cycle, each with its own board on the same storage and no history.
+    first = train_group(objective, good, references=Curves((), journal, "cycle-1"))
+    [late] = train_group(objective, [bad], references=Curves((), journal, "cycle-1"))
+    assert all(o.result.status == "ok" for o in first)
+    assert late.result.status == "pruned", late.result.cause
+    assert "of 3 earlier trials" in late.result.cause
+    # Alone, with nothing to compare with, the same trial runs to the end.
+    [alone] = train_group(objective, [bad])
+    assert alone.result.status == "ok" and alone.result.epochs == 4
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+    trials = optuna.load_study(study_name="cycle-1", storage=storage).trials
+    by_id = {t.user_attrs["trial_id"]: t for t in trials}
+    assert by_id["c001-t03"].state.name == "PRUNED"
+    for out in [*first, late]:
+        shared = by_id[out.result.proposal.trial_id].intermediate_values
+        assert [shared[e] for e in sorted(shared)] == list(out.result.curve)
