@@ -188,6 +188,7 @@ def train_fused(
                 snapshots[i] = {n: t.detach().clone() for n, t in nets[i].state_dict().items()}
                 running.remove(i)
     rng_after_fit = torch.get_rng_state()
+    cuda_rng_after_fit = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
     train_seconds = (time.monotonic() - started) / k
     outputs = []
     for i, p in enumerate(proposals):
@@ -224,6 +225,7 @@ def train_fused(
                 early_stopping_best=sign * best[i],
                 early_stopping_wait=waits[i],
                 rng=rng_after_fit,
+                cuda_rng=cuda_rng_after_fit,
             ).to_bytes()
         outputs.append(
             TrialOutput(

@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from factory_lib.fidelity import trial_epochs
 from factory_lib.objective import METRIC_DIRECTIONS, Objective
 from factory_lib.records import TrialRecord, TrialResult
 
@@ -79,7 +80,8 @@ def flags(
 
     - a validation/test gap on the promotion metric beyond `promotion.max_val_test_gap`;
     - a validation reward more than `promotion.max_jump_sd` standard deviations above the
-      mean of the eligible trials before it (with at least 5 of them);
+      mean of the eligible trials before it with at least its epoch budget (with at least 5
+      of them; under successive halving, lower rungs are no yardstick for higher ones);
     - a metric outside the range it can take (accuracy above 1, a negative RMSE, ...).
     """
     ev = record.result.evaluation
@@ -93,7 +95,12 @@ def flags(
         found.append(
             f"val/test gap on {metric}: {gap:.3g} > {objective.promotion.max_val_test_gap:g}"
         )
-    earlier = [r.val_reward for r in history if r.eligible and r.val_reward is not None]
+    budget = trial_epochs(objective, record.proposal)
+    earlier = [
+        r.val_reward
+        for r in history
+        if r.eligible and r.val_reward is not None and trial_epochs(objective, r.proposal) >= budget
+    ]
     if len(earlier) >= MIN_HISTORY_FOR_JUMPS and record.val_reward is not None:
         mean, sd = float(np.mean(earlier)), float(np.std(earlier))
         limit = mean + objective.promotion.max_jump_sd * max(sd, 1e-9)

@@ -70,7 +70,8 @@ class Checkpoint:
     curve: tuple[float, ...]
     early_stopping_best: float | None  # the best validation value so far, in the metric's units
     early_stopping_wait: int  # epochs since it improved
-    rng: torch.Tensor  # torch's CPU random state (dropout masks) after the last epoch
+    rng: torch.Tensor  # torch's random state (dropout masks) after the last epoch
+    cuda_rng: torch.Tensor | None = None  # the same on the GPU, when it trained on one
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -305,6 +306,8 @@ def run_trial(
             parent = Checkpoint.from_bytes(checkpoint())
             module.resume(parent)
             torch.set_rng_state(parent.rng)
+            if parent.cuda_rng is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(parent.cuda_rng)
             if parent.early_stopping_best is not None:
                 early_stopping.best_score = torch.tensor(parent.early_stopping_best)
             early_stopping.wait_count = parent.early_stopping_wait
@@ -326,6 +329,7 @@ def run_trial(
         )
         trainer.fit(module, datamodule=data.datamodule)
         rng_after_fit = torch.get_rng_state()
+        cuda_rng_after_fit = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
         train_seconds = time.monotonic() - started
         if module.curve and not math.isfinite(module.curve[-1]):
             raise TrialDiverged("non-finite validation metric")
@@ -364,6 +368,7 @@ def run_trial(
             early_stopping_best=float(best) if torch.isfinite(best) else None,
             early_stopping_wait=int(early_stopping.wait_count),
             rng=rng_after_fit,
+            cuda_rng=cuda_rng_after_fit,
         ).to_bytes()
     return TrialOutput(
         result(

@@ -179,3 +179,13 @@ def test_promotions_due_after_the_join_continue_in_the_next_cycle(tmp_path: Path
     assert (r.status, r.epochs, r.start_epoch) == ("ok", 6, 2), r.cause
     assert r.curve[:2] == parent.result.curve
     assert second.history[:2] == first.history
+
+
+def test_a_higher_rung_is_not_flagged_for_jumping_beyond_lower_rungs() -> None:
+    from factory_lib.reward import flags
+
+    low = [_record(i, 0.60 + 0.001 * i) for i in range(6)]  # 3 epochs: tightly bunched
+    high = _record(9, 0.95, epochs=9)
+    assert flags(RUNGS, high, low) == ()
+    same_rung = _record(9, 0.95)
+    assert any("jumps beyond history" in f for f in flags(RUNGS, same_rung, low))
