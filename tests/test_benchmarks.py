@@ -1,0 +1,46 @@
+"""The search benchmarks run as documented, on a shrunk budget; they assert no timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(script: str, *args: str) -> Any:
+    """A benchmark's JSON report (the first thing it prints)."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.JSONDecoder().raw_decode(out)[0]
+
+
+@pytest.mark.parametrize("tasks", ["synthetic", pytest.param("digits-mlp", marks=pytest.mark.slow)])
+def test_every_method_starts_from_the_same_initial_design(tasks: str, tmp_path: Path) -> None:
+    # With a budget of exactly the initial design, every method has tried the same 8 points.
+    report = run_benchmark(
+        "search.py", "--tasks", tasks, "--seeds", "2", "--trials", "8", "--plots", str(tmp_path)
+    )
+    for task, r in report.items():
+        rows = r["methods"].values()
+        assert len({json.dumps([row["median_best"], row["epochs"]]) for row in rows}) == 1, task
+        assert (tmp_path / f"search-{task}.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_pruning_benchmark_compares_arms_and_cycles() -> None:
+    report = run_benchmark("pruning.py", "--seeds", "1", "--cycles", "2")
+    off, on = report["arms"]["off"], report["arms"]["percentile"]
+    assert off["pruned_trials"] == 0
+    assert on["per_seed_epochs"][0] <= off["per_seed_epochs"][0]
+    assert len(report["cycle_2_vs_1"]["per_seed_difference_points"]) == 1
