@@ -7,15 +7,19 @@ Per seed, the same search runs once per arm: the factory's `OptunaProposer` aske
 of 8 per cycle from the history so far, each trial trained for real (`run_trial`, in this
 process, max 20 epochs, early stopping patience 20 so that early stopping hides nothing), with
 the validation curves of every earlier cycle's trials as pruning references, as the cycle
-flow passes them (`factory_lib.cycle.pruning_references`). Arms:
+flow passes them (`factory_lib.cycle.pruning_curves`). Arms:
 - off: `pruning.rule: none`;
 - percentile: the default rule (`PruningSpec()`: below the median of earlier curves from
-  epoch 5 on, given at least 4 of them).
-Another arm (successive halving, multi-fidelity) is one more entry in `ARMS`.
+  epoch 5 on, given at least 4 of them);
+- halving: successive halving (`fidelity`; by default rungs of 4 and 20 epochs, the best third
+  of the first continued from its checkpoint; `--rungs`, `--eta`), as the propose and train
+  steps run it; no pruning.
+Another arm is one more entry in `ARMS`.
 
-Reported per arm: epochs trained and the held-out test accuracy of the best-by-validation
-trial, median over seeds; and per seed against `off`, the saving in epochs (%) and the loss in
-test accuracy (points), mean over seeds, each with a bootstrap 90% interval.
+Reported per arm: epochs trained (a continued trial counts only the epochs it trained
+itself) and the held-out test accuracy of the best-by-validation trial, median over seeds; and
+per seed against `off`, the saving in epochs (%) and the loss in test accuracy (points), mean
+over seeds, each with a bootstrap 90% interval.
 
 "A later cycle starts better": in the `off` arm, cycle 1's 8 proposals (empty history: TPE's
 random start-up) against cycle 2's 8 (history: cycle 1's results), each cycle's median
@@ -28,6 +32,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 import time
 import warnings
@@ -40,15 +45,17 @@ import torch
 import yaml
 
 from factory_lib.datamodule import TrialData, build_trial_data
-from factory_lib.objective import Objective, PruningSpec, parse_objective
+from factory_lib.fidelity import promotions
+from factory_lib.objective import FidelitySpec, Objective, PruningSpec, parse_objective
 from factory_lib.propose import OptunaProposer, seen_by_proposers
 from factory_lib.records import Proposal, TrialRecord
 from factory_lib.reward import score
-from factory_lib.train import run_trial
+from factory_lib.train import run_trial, train_group
 
 BATCH = 8
 CYCLES = 4
 MAX_EPOCHS = 20
+HALVING = FidelitySpec(rungs=(4, 20), eta=3)  # --rungs / --eta change it
 OBJECTIVE = {
     "name": "pruning-bench",
     "task": "classification",
@@ -111,6 +118,55 @@ def search(
     return history
 
 
+def halving_search(objective: Objective, data: TrialData, cycles: int) -> list[TrialRecord]:
+    """Successive halving as the cycle flow runs it: each cycle the promotions due come first
+    (`propose_cycle`), new proposals fill the batch, and the cycle's trials train as one group
+    (`train_group`), which continues the best of each rung at once from their checkpoints."""
+    history: list[TrialRecord] = []
+    stored: dict[str, bytes] = {}
+    for cycle in range(1, cycles + 1):
+        due = promotions(objective, history, cycle)[:BATCH]
+        new = OptunaProposer(objective).propose(
+            objective,
+            seen_by_proposers(objective, history),
+            BATCH - len(due),
+            cycle,
+            len(history),
+        )
+        references = [
+            r.result.curve for r in history if r.status in ("ok", "pruned") and r.result.curve
+        ]
+        with contextlib.redirect_stdout(io.StringIO()):
+            outputs = train_group(
+                objective,
+                [*due, *new],
+                # one torch thread, as the other arms: train_group shares the cores this way
+                concurrent_tasks=os.cpu_count() or 1,
+                references=references,
+                history=history,
+                load_checkpoint=lambda p: stored[p.continues or ""],
+            )
+        stored.update({o.result.proposal.trial_id: o.checkpoint for o in outputs if o.checkpoint})
+        history += [score(objective, o.result) for o in outputs]
+    return history
+
+
+def halving(objective: Objective, spec: FidelitySpec = HALVING) -> Objective:
+    """Successive halving by `spec`; no pruning, no fused trials (the other arms train alone)."""
+    return objective.model_copy(
+        update={
+            "fidelity": spec,
+            "pruning": PruningSpec(rule="none"),
+            "budget": objective.budget.model_copy(update={"fuse": False}),
+        }
+    )
+
+
+def epochs_trained(records: Sequence[TrialRecord]) -> int:
+    """Epochs actually trained: a continued trial's inherited epochs were counted in its parent."""
+    return sum(r.result.epochs - r.result.start_epoch for r in records)
+
+
 ARMS: dict[str, Arm] = {
     "off": lambda objective, data, cycles: search(
         pruning(objective, PruningSpec(rule="none")), data, cycles, train_against_history
@@ -118,6 +174,7 @@ ARMS: dict[str, Arm] = {
     "percentile": lambda objective, data, cycles: search(
         pruning(objective, PruningSpec()), data, cycles, train_against_history
     ),
+    "halving": lambda objective, data, cycles: halving_search(halving(objective), data, cycles),
 }
 
 
@@ -143,30 +200,42 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--cycles", type=int, default=CYCLES)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="off always runs"
+    )
+    parser.add_argument("--rungs", type=int, nargs="+", default=list(HALVING.rungs))
+    parser.add_argument("--eta", type=int, default=HALVING.eta)
     args = parser.parse_args()
+    spec = FidelitySpec(rungs=tuple(args.rungs), eta=args.eta)
+    arms = {a: ARMS[a] for a in ARMS if a == "off" or a in args.arms}
+    if "halving" in arms:
+        arms["halving"] = lambda o, d, c: halving_search(halving(o, spec), d, c)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's, once per trial
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     base = parse_objective(yaml.safe_dump(OBJECTIVE), "benchmarks/pruning.py")
     data = build_trial_data(base)
-    runs: dict[str, list[list[TrialRecord]]] = {arm: [] for arm in ARMS}
+    runs: dict[str, list[list[TrialRecord]]] = {arm: [] for arm in arms}
     for seed in range(args.seeds):
         objective = base.model_copy(
             update={"proposers": base.proposers.model_copy(update={"seed": seed})}
         )
-        for arm, run in ARMS.items():
+        for arm, run in arms.items():
             runs[arm].append(run(objective, data, args.cycles))
         print(f"seed {seed}: {time.monotonic() - started:.0f} s", file=sys.stderr)
     rng = np.random.default_rng(0)
-    report: dict[str, Any] = {"seeds": args.seeds, "cycles": args.cycles, "arms": {}}
-    epochs = {
-        a: np.array([sum(r.result.epochs for r in run) for run in rs]) for a, rs in runs.items()
+    report: dict[str, Any] = {
+        "seeds": args.seeds,
+        "cycles": args.cycles,
+        "halving": spec.model_dump(),
+        "arms": {},
     }
+    epochs = {a: np.array([epochs_trained(run) for run in rs]) for a, rs in runs.items()}
     test = {
         a: np.array([best_by_validation(run).test_reward for run in rs]) for a, rs in runs.items()
     }
-    for arm in ARMS:
+    for arm in arms:
         report["arms"][arm] = {
             "epochs": bootstrap(epochs[arm].astype(float), np.median, rng),
             "best_test_accuracy": bootstrap(test[arm], np.median, rng),

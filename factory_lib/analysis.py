@@ -150,7 +150,8 @@ def leaderboard(records: Sequence[TrialRecord]) -> pd.DataFrame:
     Columns: `rank` (1 is the best eligible trial by validation reward; none for the others),
     `trial_id`, `cycle`, `number`, `source`, `status`, `feasible`, `val_reward`,
     `test_reward`, `val_<metric>` and `test_<metric>` for each quality metric, the cost
-    (`n_params`, `latency_ms`, `train_seconds`), `epochs`, `cause`, `violations`,
+    (`n_params`, `latency_ms`, `train_seconds`), `epochs`, `start_epoch` and `continues`
+    (successive halving: epochs inherited, and from which trial), `cause`, `violations`,
     `rationale`, and one `param_<name>` per hyperparameter. Missing values are NaN.
     """
     rows = [_trial_row(r) for r in records]
@@ -200,6 +201,8 @@ def _trial_row(r: TrialRecord) -> dict[str, Any]:
             "latency_ms": ev.latency_ms if ev else math.nan,
             "train_seconds": ev.train_seconds if ev else math.nan,
             "epochs": r.result.epochs,
+            "start_epoch": r.result.start_epoch,
+            "continues": r.proposal.continues,
             "cause": r.result.cause,
             "violations": "; ".join(v for v in r.violations if not v.startswith("status ")),
             "rationale": r.proposal.rationale,

@@ -64,7 +64,8 @@ def trial_panel(record: TrialRecord) -> Table:
             ("train seconds", ev.train_seconds),
         ]
     rows += [
-        ("epochs", r.epochs),
+        ("epochs", r.epochs if not r.start_epoch else f"{r.epochs} ({r.start_epoch} inherited)"),
+        *((("continues", p.continues),) if p.continues else ()),
         ("validation curve", ", ".join(f"{v:.4g}" for v in r.curve)),
         ("weights", r.weights_sha),
         ("task", r.task_pathspec),

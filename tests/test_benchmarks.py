@@ -41,6 +41,9 @@ def test_every_method_starts_from_the_same_initial_design(tasks: str, tmp_path: 
 def test_pruning_benchmark_compares_arms_and_cycles() -> None:
     report = run_benchmark("pruning.py", "--seeds", "1", "--cycles", "2")
     off, on = report["arms"]["off"], report["arms"]["percentile"]
+    halving = report["arms"]["halving"]
     assert off["pruned_trials"] == 0
     assert on["per_seed_epochs"][0] <= off["per_seed_epochs"][0]
+    # 16 trials at 2 epochs, the best third continued: far fewer epochs than 16 × 20.
+    assert halving["per_seed_epochs"][0] < off["per_seed_epochs"][0] / 2
     assert len(report["cycle_2_vs_1"]["per_seed_difference_points"]) == 1
