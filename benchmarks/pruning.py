@@ -11,7 +11,7 @@ flow passes them (`factory_lib.cycle.pruning_curves`). Arms:
 - off: `pruning.rule: none`;
 - percentile: the default rule (`PruningSpec()`: below the median of earlier curves from
   epoch 5 on, given at least 4 of them);
-- halving: successive halving (`fidelity`; by default rungs of 4 and 20 epochs, the best third
+- halving: successive halving (`fidelity`; by default rungs of 3 and 20 epochs, the best third
   of the first continued from its checkpoint; `--rungs`, `--eta`), as the propose and train
   steps run it; no pruning.
 Another arm is one more entry in `ARMS`.
@@ -55,7 +55,7 @@ from factory_lib.train import run_trial, train_group
 BATCH = 8
 CYCLES = 4
 MAX_EPOCHS = 20
-HALVING = FidelitySpec(rungs=(4, 20), eta=3)  # --rungs / --eta change it
+HALVING = FidelitySpec(rungs=(3, 20), eta=3)  # --rungs / --eta change it
 OBJECTIVE = {
     "name": "pruning-bench",
     "task": "classification",
@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument(
         "--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="off always runs"
     )
+    parser.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="shrunk for tests")
     parser.add_argument("--rungs", type=int, nargs="+", default=list(HALVING.rungs))
     parser.add_argument("--eta", type=int, default=HALVING.eta)
     args = parser.parse_args()
@@ -214,7 +215,9 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's, once per trial
     torch.set_num_threads(args.threads)
     started = time.monotonic()
-    base = parse_objective(yaml.safe_dump(OBJECTIVE), "benchmarks/pruning.py")
+    epochs = {"max_epochs": args.max_epochs, "early_stopping_patience": args.max_epochs}
+    shrunk = {**OBJECTIVE, "budget": {**OBJECTIVE["budget"], **epochs}}
+    base = parse_objective(yaml.safe_dump(shrunk), "benchmarks/pruning.py")
     data = build_trial_data(base)
     runs: dict[str, list[list[TrialRecord]]] = {arm: [] for arm in arms}
     for seed in range(args.seeds):

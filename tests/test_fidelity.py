@@ -141,28 +141,36 @@ def test_a_missing_checkpoint_fails_that_trial_alone() -> None:
 
 
 @pytest.mark.slow
-def test_promotions_due_after_the_join_continue_in_the_next_cycle(tmp_path: Path) -> None:
+def test_pruned_in_cycle_two_and_continued_from_cycle_one(tmp_path: Path) -> None:
+    """Two real cycles: cycle 2 continues cycle 1's best trial from its stored checkpoint, and
+    prunes a deliberately bad configuration against cycle 1's curves, keeping its curve."""
+    good = [{"lr": 0.05, "width": 16 + i, "depth": 1} for i in range(3)]
+    bad = {"lr": 0.001, "width": 4, "depth": 1}
     objective = write_objective(
         tmp_path,
         "fidelity",
         budget={
-            "trials_per_cycle": 2,
+            "trials_per_cycle": 3,
             "max_epochs": 6,
             "early_stopping_patience": 6,
             "group_size": 1,
             "fuse": False,
         },
-        fidelity={"rungs": [2, 6], "eta": 2},
-        pruning={"rule": "none"},
+        fidelity={"rungs": [2, 6], "eta": 3},
+        pruning={"rule": "percentile", "percentile": 50, "warmup_epochs": 2, "min_trials": 3},
+        proposers={"enqueue": [*good, bad]},
     )
-    # The trials also report their curves to a shared Optuna storage (a journal file here).
+    # Cycle 1's trials also report their curves to a shared Optuna storage (a journal file).
     journal = tmp_path / "curves.journal"
     deployment = tmp_path / "deployment.yaml"
     deployment.write_text(f"optuna_storage: {journal}\n")
     run = run_cycle(objective, deployment=deployment, fresh=True)
     first = run["end"].task.data
-    # One trial per task: no task saw two trials of the rung, so nothing continued in cycle 1.
-    assert [(r.result.epochs, r.result.resumable) for r in first.records] == [(2, True)] * 2
+    # One trial per task: no task saw three trials of the rung, so nothing continued in cycle 1;
+    # and no trial had three others to be pruned against.
+    assert [(r.status, r.result.epochs, r.result.resumable) for r in first.records] == [
+        ("ok", 2, True)
+    ] * 3
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))
     )
@@ -170,15 +178,20 @@ def test_promotions_due_after_the_join_continue_in_the_next_cycle(tmp_path: Path
     assert {
         t.user_attrs["trial_id"]: tuple(t.intermediate_values.values()) for t in shared.trials
     } == {r.trial_id: r.result.curve for r in first.records}
-    second = run_cycle(objective, trials=1)["end"].task.data
-    [record] = second.records
+
+    second = run_cycle(objective, trials=2)["end"].task.data
+    continued, pruned = second.records  # records are kept in proposal-number order
     parent = min(first.records, key=lambda r: (-r.val_reward, r.proposal.number))
-    assert record.proposal.continues == parent.trial_id
-    assert record.proposal.checkpoint == parent.result.task_pathspec
-    r = record.result
+    assert continued.proposal.continues == parent.trial_id
+    assert continued.proposal.checkpoint == parent.result.task_pathspec
+    r = continued.result
     assert (r.status, r.epochs, r.start_epoch) == ("ok", 6, 2), r.cause
     assert r.curve[:2] == parent.result.curve
-    assert second.history[:2] == first.history
+    assert pruned.proposal.params == bad
+    assert pruned.status == "pruned", pruned.result.cause
+    assert "worse than the 50th-percentile bar" in pruned.result.cause
+    assert pruned.result.epochs == 2 and len(pruned.result.curve) == 2
+    assert second.history[:3] == first.history
 
 
 def test_a_higher_rung_is_not_flagged_for_jumping_beyond_lower_rungs() -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from factory_lib.cycle import plan_cycle
+from factory_lib.objective import load_objective
 from factory_lib.registry import events_from_tags, load_champion, load_version, versions
 from tests.conftest import factory_cli, run_cycle, write_objective
 
@@ -66,11 +68,11 @@ def test_rollback_is_an_event_and_the_next_cycle_starts_from_it(tmp_path: Path) 
         ("rollback", "c001-t00"),
     ]
     assert log[-1].reason == "regressed in production"
-    third = run_cycle(objective)
-    plan = third["start"].task.data.plan
+    # What the next cycle's start step plans from (the same call, without running the cycle).
+    plan = plan_cycle(load_objective(objective), "CycleFlow", run_id=None)
+    assert plan.cycle == 3
     assert plan.history == second.history  # history untouched by the rollback
     assert plan.champion.trial_id == "c001-t00"  # the next cycle starts from it
-    assert [e.kind for e in versions("registry")][:3] == ["promoted", "promoted", "rollback"]
     assert "rollback" in _factory("versions", "--objective", "registry").stdout
 
 
