@@ -247,6 +247,18 @@ def describe_objective(
             "constraints": [str(c) for c in reward.constraints],
         },
         "max_epochs": objective.budget.max_epochs,
+        **(
+            {
+                "successive_halving": {
+                    "rungs": list(objective.fidelity.rungs),
+                    "eta": objective.fidelity.eta,
+                    "note": "new trials train for the first rung's epochs; the best 1/eta "
+                    "of each rung continue from their checkpoints to the next",
+                }
+            }
+            if objective.fidelity
+            else {}
+        ),
     }
 
 
