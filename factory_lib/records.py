@@ -20,6 +20,14 @@ SPLIT_FREE_METRICS = ("params", "latency_ms", "train_seconds")
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Records pickled before a field existed load with its default: history stays readable.
+        values = state.get("__dict__", {})
+        for name, field in type(self).model_fields.items():
+            if name not in values and not field.is_required():
+                values[name] = field.get_default(call_default_factory=True)
+        super().__setstate__(state)
+
 
 def params_key(params: dict[str, Any]) -> str:
     """A canonical string for a parameter set: equal parameters, equal keys."""

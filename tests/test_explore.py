@@ -17,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import numpy as np
 import optuna
 import pytest
 from matplotlib import image as mpimg
 from nbclient import NotebookClient
 
 from factory_lib import analysis
-from tests.conftest import ROOT, run_cycle, write_objective
+from factory_lib.data import load_splits
+from factory_lib.drift import check_drift
+from factory_lib.objective import load_objective
+from tests.conftest import ROOT, factory_cli, run_cycle, write_objective
 
 pytestmark = pytest.mark.slow
 NAME = "explore-test"
@@ -33,6 +37,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @dataclass(frozen=True)
 class Search:
     runs: list[Any]  # metaflow.Run, oldest first
+    objective: Path
 
     def end(self, i: int) -> Any:
         return self.runs[i]["end"].task
@@ -52,7 +57,7 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> Search:
         },
         proposers={"enqueue": [{"behaviour": b} for b in ("raise", "ok", "ok")]},
     )
-    return Search([run_cycle(objective, fresh=True), run_cycle(objective)])
+    return Search([run_cycle(objective, fresh=True), run_cycle(objective)], objective)
 
 
 def _card_payload(html: str) -> dict[str, Any]:
@@ -218,3 +223,41 @@ def _factory(*args: str) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "COLUMNS": "200"},
         timeout=300,
     )
+
+
+def test_shifted_data_warrants_a_cycle_and_unshifted_does_not(
+    search: Search, tmp_path: Path
+) -> None:
+    objective_path = search.objective
+    objective = load_objective(objective_path)
+    splits = load_splits(objective.data, objective.task)
+    x, y = splits.raw_x["test"], splits.raw_y["test"]
+
+    same = check_drift(NAME, x, y)
+    assert not same.warranted, same.reasons
+    assert same.now == pytest.approx(same.held_out)  # the held-out split itself: no change
+
+    shifted = x + 3 * splits.raw_x["train"].std(axis=0)
+    report = check_drift(NAME, shifted, y)
+    assert report.warranted
+    assert len(report.drifted) == 4 and report.features_tested == 4
+    assert any("features drifted" in r for r in report.reasons)
+
+    np.savez(tmp_path / "shifted.npz", x=shifted, y=y)
+    proc = factory_cli(
+        "drift", "--objective", NAME, "--data", str(tmp_path / "shifted.npz"), "--json"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["warranted"] is True
+    np.savez(tmp_path / "same.npz", x=x, y=y)
+    proc = factory_cli(
+        "loop",
+        "--cycles",
+        "1",
+        "--config",
+        str(objective_path),
+        "--drift-data",
+        str(tmp_path / "same.npz"),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == "stop: no drift, no cycle started"

@@ -202,3 +202,19 @@ def test_a_higher_rung_is_not_flagged_for_jumping_beyond_lower_rungs() -> None:
     assert flags(RUNGS, high, low) == ()
     same_rung = _record(9, 0.95)
     assert any("jumps beyond history" in f for f in flags(RUNGS, same_rung, low))
+
+
+def test_records_pickled_before_the_fidelity_fields_still_load() -> None:
+    import copy
+
+    for value, missing in [
+        (_proposal(RUNGS, 0, lr=0.01), ("epochs", "continues", "checkpoint")),
+        (_record(0, 0.9).result, ("start_epoch", "resumable")),
+    ]:
+        state = copy.deepcopy(value.__getstate__())
+        for name in missing:  # as pickled before these fields existed
+            del state["__dict__"][name]
+        old = type(value).__new__(type(value))
+        old.__setstate__(state)
+        defaults = {n: type(value).model_fields[n].default for n in missing}
+        assert old == value.model_copy(update=defaults)

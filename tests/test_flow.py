@@ -34,11 +34,18 @@ def _comparable(record) -> tuple:
     )
 
 
-def test_two_chained_cycles(tmp_path: Path) -> None:
-    objective = write_objective(tmp_path, "flow-chain")
-    first = _end(run_cycle(objective, fresh=True))
+def test_two_chained_cycles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With an `llm` section but no key, the cycles run on Optuna alone and say so, once each.
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    objective = write_objective(
+        tmp_path, "flow-chain", proposers={"llm": {"model": "claude-sonnet-4-6"}}
+    )
+    first_run = run_cycle(objective, fresh=True)
+    first = _end(first_run)
     second_run = run_cycle(objective)
     second = _end(second_run)
+    logs = "".join(step.task.stdout for step in first_run)
+    assert logs.count("LLM proposer off: ANTHROPIC_API_KEY is not set") == 1
 
     assert (first.cycle, second.cycle) == (1, 2)
     assert objective_tag("flow-chain") in second_run.tags

@@ -77,15 +77,3 @@ def test_two_cycles_with_llm_proposals(tmp_path: Path, datastore: str, monkeypat
     ]
     assert leaks == []
     assert CANARY not in second_run["propose"].task.stdout + second_run["propose"].task.stderr
-
-
-def test_without_a_key_the_cycle_runs_on_optuna_and_says_so_once(
-    tmp_path: Path, monkeypatch
-) -> None:
-    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    objective = write_objective(tmp_path, "llm-nokey", proposers={"llm": LLM})
-    run = run_cycle(objective, fresh=True)
-    data = run["end"].task.data
-    assert {r.proposal.source for r in data.history} == {"optuna:tpe"}
-    logs = "".join(step.task.stdout for step in run)
-    assert logs.count("LLM proposer off: ANTHROPIC_API_KEY is not set") == 1
