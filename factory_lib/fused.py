@@ -29,7 +29,7 @@ from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metric
 from factory_lib.fidelity import needs_checkpoint, trial_epochs
 from factory_lib.models import ACTIVATIONS, DEFAULTS, build_model
 from factory_lib.objective import Objective
-from factory_lib.prune import Curves, prune_reason
+from factory_lib.prune import Curves
 from factory_lib.records import Proposal, TrialResult, weights_fingerprint
 from factory_lib.train import (
     TRAINING_DEFAULTS,
@@ -178,9 +178,7 @@ def train_fused(
                 best[i], waits[i] = sign * value, 0
             else:
                 waits[i] += 1
-            board.report(proposals[i].trial_id, curves[i])
-            others = board.others(proposals[i].trial_id)
-            pruned = prune_reason(curves[i], others, objective.pruning, direction)
+            pruned = board.check(proposals[i].trial_id, curves[i], objective.pruning, direction)
             if pruned is not None:  # as alone: the pruner speaks after early stopping's count
                 status[i] = ("pruned", pruned)
                 running.remove(i)

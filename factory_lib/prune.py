@@ -99,6 +99,19 @@ class Curves:
                 trial.report(value, epoch)
         trial.report(curve[-1], len(curve) - 1)
 
+    def check(
+        self,
+        trial_id: str,
+        curve: Sequence[float],
+        spec: PruningSpec,
+        direction: Literal["maximize", "minimize"],
+    ) -> str | None:
+        """After an epoch: report the curve, then why the trial should stop now (or None)."""
+        self.report(trial_id, curve)
+        if spec.rule == "none":  # no need to read the others' curves
+            return None
+        return prune_reason(curve, self.others(trial_id), spec, direction)
+
     def finished(self, trial_id: str, curve: Sequence[float], status: str) -> None:
         """A trial of this task ended: its curve counts for the next ones here."""
         if self.study is None:

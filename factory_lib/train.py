@@ -29,7 +29,7 @@ from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metric
 from factory_lib.fidelity import needs_checkpoint, promotions, trial_epochs
 from factory_lib.models import ModelShapeError, build_model
 from factory_lib.objective import METRIC_DIRECTIONS, Objective
-from factory_lib.prune import Curves, prune_reason
+from factory_lib.prune import Curves
 from factory_lib.records import Proposal, TrialRecord, TrialResult, weights_fingerprint
 from factory_lib.reward import score
 
@@ -213,9 +213,7 @@ class _Pruner(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs after the epoch's validation, so the curve already holds this epoch's value.
         assert isinstance(pl_module, TrialModule)
-        self.references.report(self.trial_id, pl_module.curve)
-        others = self.references.others(self.trial_id)
-        reason = prune_reason(pl_module.curve, others, self.spec, self.direction)
+        reason = self.references.check(self.trial_id, pl_module.curve, self.spec, self.direction)
         if reason is not None:
             raise TrialPruned(reason)
 
