@@ -48,6 +48,7 @@ from factory_lib.datamodule import TrialData, build_trial_data
 from factory_lib.fidelity import promotions
 from factory_lib.objective import FidelitySpec, Objective, PruningSpec, parse_objective
 from factory_lib.propose import OptunaProposer, seen_by_proposers
+from factory_lib.prune import history_curves
 from factory_lib.records import Proposal, TrialRecord
 from factory_lib.reward import score
 from factory_lib.train import run_trial, train_group
@@ -94,9 +95,7 @@ def train_against_history(
     history: Sequence[TrialRecord],
 ) -> list[TrialRecord]:
     """A cycle's trials, each pruned against the curves of every earlier cycle's trials."""
-    references = [
-        r.result.curve for r in history if r.status in ("ok", "pruned") and r.result.curve
-    ]
+    references = history_curves(history)
     records = []
     for proposal in proposals:
         with contextlib.redirect_stdout(io.StringIO()):  # run_trial reports every epoch
@@ -133,9 +132,7 @@ def halving_search(objective: Objective, data: TrialData, cycles: int) -> list[T
             cycle,
             len(history),
         )
-        references = [
-            r.result.curve for r in history if r.status in ("ok", "pruned") and r.result.curve
-        ]
+        references = history_curves(history)
         with contextlib.redirect_stdout(io.StringIO()):
             outputs = train_group(
                 objective,

@@ -20,7 +20,7 @@ from factory_lib.propose import OptunaProposer, seen_by_proposers
 from factory_lib.propose.base import renumber
 from factory_lib.propose.llm import KEY_VARIABLE, LLMProposer, LLMReport
 from factory_lib.propose.mix import Mix, llm_mix
-from factory_lib.prune import Curves
+from factory_lib.prune import Curves, history_curves
 from factory_lib.records import Proposal, TrialRecord, TrialResult
 from factory_lib.registry import (
     Candidate,
@@ -232,10 +232,9 @@ def pruning_curves(plan: CyclePlan, storage: str | None, run_id: str) -> Curves:
     """What a train task's trials are pruned against: history's curves (of trials that
     trained, completed or pruned) and, with a shared Optuna `storage` in the deployment, this
     cycle's trials in other tasks as they train."""
-    earlier = [
-        r.result.curve for r in plan.history if r.status in ("ok", "pruned") and r.result.curve
-    ]
-    return Curves(earlier, storage, study=f"{plan.objective.name}-curves-{run_id}")
+    return Curves(
+        history_curves(plan.history), storage, study=f"{plan.objective.name}-curves-{run_id}"
+    )
 
 
 def seed_measurer(plan: CyclePlan) -> Measure:

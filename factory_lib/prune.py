@@ -17,9 +17,15 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from factory_lib.objective import PruningSpec
+from factory_lib.records import TrialRecord
 
 if TYPE_CHECKING:  # optuna is imported only where a shared storage is used
     import optuna
+
+
+def history_curves(records: Sequence[TrialRecord]) -> list[tuple[float, ...]]:
+    """The validation curves of the trials that trained (completed or pruned)."""
+    return [r.result.curve for r in records if r.status in ("ok", "pruned") and r.result.curve]
 
 
 def prune_reason(
