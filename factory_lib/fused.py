@@ -35,6 +35,7 @@ from factory_lib.train import (
     TRAINING_DEFAULTS,
     Checkpoint,
     TrialOutput,
+    random_state,
     serialise,
     train_direction,
     train_metric,
@@ -185,8 +186,7 @@ def train_fused(
             elif waits[i] >= objective.budget.early_stopping_patience:
                 snapshots[i] = {n: t.detach().clone() for n, t in nets[i].state_dict().items()}
                 running.remove(i)
-    rng_after_fit = torch.get_rng_state()
-    cuda_rng_after_fit = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    random_after_fit = random_state()
     train_seconds = (time.monotonic() - started) / k
     outputs = []
     for i, p in enumerate(proposals):
@@ -216,15 +216,14 @@ def train_fused(
         blob = serialise(nets[i])
         kept = None
         if needs_checkpoint(objective, p) and len(curves[i]) == target and i not in snapshots:
-            kept = Checkpoint(
-                net={n: t.detach().cpu().clone() for n, t in nets[i].state_dict().items()},
-                optimizer=_own_optimizer_state(optimizer, nets[i], training[i]),
-                curve=tuple(curves[i]),
-                early_stopping_best=sign * best[i],
-                early_stopping_wait=waits[i],
-                rng=rng_after_fit,
-                cuda_rng=cuda_rng_after_fit,
-            ).to_bytes()
+            kept = Checkpoint.take(
+                nets[i],
+                _own_optimizer_state(optimizer, nets[i], training[i]),
+                curves[i],
+                sign * best[i],
+                waits[i],
+                random_after_fit,
+            )
         outputs.append(
             TrialOutput(
                 TrialResult(

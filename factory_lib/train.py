@@ -61,6 +61,14 @@ def serialise(net: nn.Module) -> bytes:
     return buf.getvalue()
 
 
+RandomState = tuple[torch.Tensor, torch.Tensor | None]  # torch's CPU and GPU random states
+
+
+def random_state() -> RandomState:
+    """torch's random state now, on the CPU and (when there is one) the GPU."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """Where a trial stopped at a fidelity rung: all it needs to go on as if it never stopped."""
@@ -72,6 +80,32 @@ class Checkpoint:
     early_stopping_wait: int  # epochs since it improved
     rng: torch.Tensor  # torch's random state (dropout masks) after the last epoch
     cuda_rng: torch.Tensor | None = None  # the same on the GPU, when it trained on one
+
+    @classmethod
+    def take(
+        cls,
+        net: nn.Module,
+        optimizer: dict[str, Any],
+        curve: Sequence[float],
+        early_stopping_best: float | None,
+        early_stopping_wait: int,
+        random: RandomState,
+    ) -> bytes:
+        """A checkpoint of a trial that stopped at its rung, as bytes (CPU tensors)."""
+        return cls(
+            net={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+            optimizer=optimizer,
+            curve=tuple(curve),
+            early_stopping_best=early_stopping_best,
+            early_stopping_wait=early_stopping_wait,
+            rng=random[0],
+            cuda_rng=random[1],
+        ).to_bytes()
+
+    def restore_random_state(self) -> None:
+        torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(self.cuda_rng)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -303,9 +337,7 @@ def run_trial(
         if checkpoint is not None:
             parent = Checkpoint.from_bytes(checkpoint())
             module.resume(parent)
-            torch.set_rng_state(parent.rng)
-            if parent.cuda_rng is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state(parent.cuda_rng)
+            parent.restore_random_state()
             if parent.early_stopping_best is not None:
                 early_stopping.best_score = torch.tensor(parent.early_stopping_best)
             early_stopping.wait_count = parent.early_stopping_wait
@@ -326,8 +358,7 @@ def run_trial(
             ],
         )
         trainer.fit(module, datamodule=data.datamodule)
-        rng_after_fit = torch.get_rng_state()
-        cuda_rng_after_fit = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+        random_after_fit = random_state()
         train_seconds = time.monotonic() - started
         if module.curve and not math.isfinite(module.curve[-1]):
             raise TrialDiverged("non-finite validation metric")
@@ -359,15 +390,14 @@ def run_trial(
         and not early_stopping.stopped_epoch
     ):
         best = early_stopping.best_score
-        kept = Checkpoint(
-            net={k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()},
-            optimizer=trainer.optimizers[0].state_dict(),
-            curve=tuple(module.curve),
-            early_stopping_best=float(best) if torch.isfinite(best) else None,
-            early_stopping_wait=int(early_stopping.wait_count),
-            rng=rng_after_fit,
-            cuda_rng=cuda_rng_after_fit,
-        ).to_bytes()
+        kept = Checkpoint.take(
+            module.net,
+            trainer.optimizers[0].state_dict(),
+            module.curve,
+            float(best) if torch.isfinite(best) else None,
+            int(early_stopping.wait_count),
+            random_after_fit,
+        )
     return TrialOutput(
         result(
             "ok",
