@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from factory_lib.data import load_splits
-from factory_lib.registry import ChampionModel, load_champion
+from factory_lib.registry import ChampionModel, champion_of
 
 ALPHA = 0.01
 DRIFTED_SHARE = 0.1
@@ -83,8 +83,10 @@ def check_drift(
     from scipy import stats
 
     from factory_lib.evaluate import quality_metrics
+    from factory_lib.history import latest_cycle
 
-    champion: ChampionModel = load_champion(objective_name, flow_name)
+    state = latest_cycle(flow_name, objective_name)
+    champion: ChampionModel = champion_of(state, objective_name)
     package = champion.package
     objective = package.objective
     metric = objective.promotion_metric
@@ -97,9 +99,6 @@ def check_drift(
         scaled = prep.transform_y(targets.astype(np.float32)) if prep is not None else targets
         target_tensor = torch.from_numpy(np.asarray(scaled, np.float32))
     now = quality_metrics(outputs, target_tensor, objective.task, objective.metric_names, prep)
-    from factory_lib.history import latest_cycle
-
-    state = latest_cycle(flow_name, objective_name)
     assert state is not None and state.champion is not None
     evaluation = state.champion.record.result.evaluation
     assert evaluation is not None

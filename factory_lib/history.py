@@ -155,25 +155,18 @@ def apply_events(
 ) -> CycleState:
     """A cycle's state after the registry decisions people recorded on its run (as tags)."""
     for event in events:
-        if (
-            event.kind == "approved"
-            and state.pending is not None
-            and state.pending.champion.trial_id == event.trial_id
-        ):
-            p = state.pending
+        p = state.pending
+        decided = p if p is not None and p.champion.trial_id == event.trial_id else None
+        if event.kind == "approved" and decided is not None:
             state = replace(
                 state,
-                champion=p.champion,
-                champion_package=p.package,
-                model_card=p.model_card,
-                exports=p.exports,
+                champion=decided.champion,
+                champion_package=decided.package,
+                model_card=decided.model_card,
+                exports=decided.exports,
                 pending=None,
             )
-        elif (
-            event.kind == "rejected"
-            and state.pending is not None
-            and state.pending.champion.trial_id == event.trial_id
-        ):
+        elif event.kind == "rejected" and decided is not None:
             state = replace(state, pending=None)
         elif event.kind == "rollback":
             champion, package, card, exports = find_package(

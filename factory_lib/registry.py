@@ -21,6 +21,8 @@ from factory_lib.records import TrialRecord
 if TYPE_CHECKING:
     from torch import nn
 
+    from factory_lib.history import CycleState
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -321,7 +323,11 @@ def load_champion(objective_name: str, flow_name: str = "CycleFlow") -> Champion
     """The current champion of an objective, from its latest successful cycle."""
     from factory_lib.history import latest_cycle
 
-    state = latest_cycle(flow_name, objective_name)
+    return champion_of(latest_cycle(flow_name, objective_name), objective_name)
+
+
+def champion_of(state: CycleState | None, objective_name: str) -> ChampionModel:
+    """The champion a cycle's state holds; a clear error when there is none yet."""
     if state is None or state.champion_package is None:
         raise LookupError(f"objective {objective_name!r} has no champion yet: run a cycle first")
     return ChampionModel(state.champion_package)
