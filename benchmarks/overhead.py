@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = tempfile.mkdtemp(prefix="factory-bench-")
-    from factory_lib.history import ensure_metaflow_user
+    from factory_lib.runs.env import ensure_metaflow_user
 
     ensure_metaflow_user()
     from metaflow.runner.metaflow_runner import Runner

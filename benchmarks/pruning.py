@@ -44,14 +44,16 @@ import optuna
 import torch
 import yaml
 
-from factory_lib.datamodule import TrialData, build_trial_data
+from factory_lib.data.module import TrialData, build_trial_data
 from factory_lib.fidelity import promotions
 from factory_lib.objective import FidelitySpec, Objective, PruningSpec, parse_objective
-from factory_lib.propose import OptunaProposer, seen_by_proposers
-from factory_lib.prune import history_curves
+from factory_lib.propose.base import seen_by_proposers
+from factory_lib.propose.optuna_proposer import OptunaProposer
 from factory_lib.records import Proposal, TrialRecord
 from factory_lib.reward import score
-from factory_lib.train import run_trial, train_group
+from factory_lib.train.group import train_group
+from factory_lib.train.prune import history_curves
+from factory_lib.train.trial import run_trial
 
 BATCH = 8
 CYCLES = 4

@@ -46,8 +46,8 @@ import optuna
 import yaml
 
 from factory_lib.objective import FloatParam, IntParam, Objective, parse_objective
-from factory_lib.propose import OptunaProposer, seen_by_proposers
-from factory_lib.propose.base import make_proposal
+from factory_lib.propose.base import make_proposal, seen_by_proposers
+from factory_lib.propose.optuna_proposer import OptunaProposer
 from factory_lib.records import Evaluation, Proposal, TrialRecord, TrialResult
 from factory_lib.reward import score
 
@@ -212,7 +212,7 @@ class TrainedTrials:
         self.results: dict[tuple[str, int], TrialResult] = {}
 
     def __call__(self, proposal: Proposal) -> TrialResult:
-        from factory_lib.train import run_trial
+        from factory_lib.train.trial import run_trial
 
         key = (proposal.key, proposal.seed)
         if key not in self.results:
@@ -375,7 +375,7 @@ def main() -> None:
         else:
             import torch  # before Lightning, as everywhere in the factory
 
-            from factory_lib.datamodule import build_trial_data
+            from factory_lib.data.module import build_trial_data
 
             torch.set_num_threads(args.threads)
             trials = args.trials or DATA_TASKS[task].trials

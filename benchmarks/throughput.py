@@ -61,7 +61,7 @@ def _objective(tmp: Path, trials: int, epochs: int, variant: dict[str, object]) 
 
 
 def cycles(trials: int, epochs: int) -> list[dict[str, object]]:
-    from factory_lib.history import ensure_metaflow_user
+    from factory_lib.runs.env import ensure_metaflow_user
 
     ensure_metaflow_user()
     from metaflow.runner.metaflow_runner import Runner
@@ -101,11 +101,11 @@ def cycles(trials: int, epochs: int) -> list[dict[str, object]]:
 
 def in_process(epochs: int, fused_sizes: tuple[int, ...]) -> list[dict[str, object]]:
     """One Lightning trial against K fused trials, same data, same epochs, this device."""
-    from factory_lib.datamodule import build_trial_data
-    from factory_lib.fused import train_fused
+    from factory_lib.data.module import build_trial_data
     from factory_lib.objective import load_objective
     from factory_lib.propose.base import make_proposal
-    from factory_lib.train import run_trial
+    from factory_lib.train.fused import train_fused
+    from factory_lib.train.trial import run_trial
 
     base = load_objective(ROOT / "objectives" / "digits.yaml")
     objective = base.model_copy(

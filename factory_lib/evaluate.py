@@ -15,8 +15,8 @@ import torch
 from sklearn.metrics import f1_score, r2_score
 from torch import nn
 
-from factory_lib.data import Preprocessing
-from factory_lib.models import count_params
+from factory_lib.data.splits import Preprocessing
+from factory_lib.models.builders import count_params
 from factory_lib.records import Evaluation
 
 

@@ -1,14 +1,19 @@
 """CycleFlow: one run is one cycle of the dark factory.
 
-    start ─► propose ─► train (foreach trial group) ─► join ─► end
+    start ─► propose ─► train (foreach group) ─► join ─► measure (foreach job) ─► decide ─► end
 
     start    validate the objective, pick up the latest successful cycle of it, check the budget
     propose  ask the proposers for this cycle's trials (they see validation numbers only)
     train    one Lightning fit per trial; every outcome, crash included, becomes a record;
              under successive halving the group's best continue from their checkpoints
-    join     score and flag, extend the append-only history, run the champion/challenger gate
-             (re-measured over seeds), export and describe a new champion
+    join     score and flag, extend the append-only history, list what the gate needs measured
+    measure  with train's resources: re-train the challenger (and the champion) over seeds,
+             export the challenger; a task with nothing to do imports no Lightning
+    decide   the champion/challenger gate on those measurements, a new champion's model card
     end      render the cycle card; tag the run `objective:<name>` so the next cycle chains
+
+train and measure retry a task that died (killed, lost node) before @catch records what is
+left; a trial's own exception is a record at once and is never retried (docs/architecture.md).
 
 Run it:
 
@@ -29,10 +34,13 @@ from __future__ import annotations
 
 import sys
 
-from factory_lib.history import ensure_metaflow_user, local_worker_default
+from factory_lib.runs.env import ensure_metaflow_user, local_worker_default
 
 ensure_metaflow_user()
 local_worker_default(sys.argv)
+
+from collections.abc import Callable  # noqa: E402
+from typing import Any, TypeVar  # noqa: E402
 
 from metaflow import (  # noqa: E402
     Config,
@@ -44,23 +52,30 @@ from metaflow import (  # noqa: E402
     config_expr,
     current,
     resources,
+    retry,
     step,
     timeout,
 )
 from metaflow.exception import MetaflowException  # noqa: E402
 
-from factory_lib.deploy import DeploymentError, deployed, parse_deployment  # noqa: E402
 from factory_lib.objective import (  # noqa: E402
     Objective,
     ObjectiveError,
     check_user_code,
     parse_objective,
 )
+from factory_lib.runs.deploy import DeploymentError, deployed, parse_deployment  # noqa: E402
 
 DEFAULT_OBJECTIVE = "objectives/digits.yaml"
-# A train task may take its trials' own timeouts plus room for start-up, data and evaluation;
-# the trials stop themselves first, so this only fires on a hang outside a trial.
-TASK_TIMEOUT = "int(objective.budget.trial_timeout_s * objective.budget.trials_per_cycle) + 600"
+# A train task runs at most the objective's trials_per_cycle trials (group_trials' `most`) and
+# may take their own timeouts plus room for start-up, data and evaluation; the trials stop
+# themselves first, so this only fires on a hang outside a trial.
+TRAIN_TIMEOUT = "int(objective.budget.trial_timeout_s * objective.budget.trials_per_cycle) + 600"
+# A measure task re-trains one trial `promotion.seeds - 1` times, or exports one model.
+MEASURE_TIMEOUT = "int(objective.budget.trial_timeout_s * objective.promotion.seeds) + 600"
+# A task that died (killed, out of memory, a lost node) is retried at once, this many times.
+TASK_RETRIES = 2
+F = TypeVar("F", bound=Callable[..., Any])
 # Cards render in a subprocess after the task; a busy machine can make that slow.
 CARD_TIMEOUT_S = 180
 
@@ -93,6 +108,23 @@ def parse_deployment_config(text: str) -> dict[str, object]:
         raise MetaflowException(str(exc)) from None
 
 
+def on_train_resources(timeout_s: str, error_var: str) -> Callable[[F], F]:
+    """The decorators of every step that trains or exports: the objective's resources, a
+    timeout, retries of a task that died, and a record of what still failed in `error_var`."""
+
+    def apply(f: F) -> F:
+        f = resources(
+            gpu=config_expr("objective.resources.gpu"),
+            cpu=config_expr("objective.resources.cpu"),
+            memory=config_expr("objective.resources.memory_mb"),
+        )(f)
+        f = timeout(seconds=config_expr(timeout_s))(f)
+        f = retry(times=TASK_RETRIES, minutes_between_retries=0)(f)
+        return catch(var=error_var, print_exception=True)(f)  # type: ignore[no-any-return]
+
+    return apply
+
+
 @deployed
 class CycleFlow(FlowSpec):
     """One cycle: propose, train in parallel, evaluate, score, promote, remember."""
@@ -119,9 +151,9 @@ class CycleFlow(FlowSpec):
     )
 
     @step
-    def start(self):
+    def start(self) -> None:
         """Plan the cycle from the objective and the latest successful cycle."""
-        from factory_lib.cycle import plan_cycle
+        from factory_lib.cycle.plan import plan_cycle
 
         spec = Objective.model_validate(self.objective.to_dict()).with_overrides(
             self.trials, self.epochs
@@ -133,30 +165,28 @@ class CycleFlow(FlowSpec):
         self.next(self.propose)
 
     @step
-    def propose(self):
+    def propose(self) -> None:
         """Ask the proposers for this cycle's trials and group them for the foreach."""
-        from factory_lib.cycle import group_trials, propose_cycle
+        from factory_lib.cycle.plan import group_trials, propose_cycle
 
         batch = propose_cycle(self.plan)
         self.proposals, self.mix, self.llm_report = batch.proposals, batch.mix, batch.llm_report
-        self.trial_groups = group_trials(self.proposals, self.plan.objective.budget.group_size)
+        self.trial_groups = group_trials(
+            self.proposals,
+            self.plan.objective.budget.group_size,
+            most=self.objective.budget.trials_per_cycle,  # what TRAIN_TIMEOUT allows for
+        )
         for line in (*batch.notices, *(p.summary() for p in self.proposals)):
             print(line)
         self.next(self.train, foreach="trial_groups")
 
-    @catch(var="train_error", print_exception=True)
-    @timeout(seconds=config_expr(TASK_TIMEOUT))
-    @resources(
-        gpu=config_expr("objective.resources.gpu"),
-        cpu=config_expr("objective.resources.cpu"),
-        memory=config_expr("objective.resources.memory_mb"),
-    )
+    @on_train_resources(TRAIN_TIMEOUT, error_var="train_error")
     @step
-    def train(self):
+    def train(self) -> None:
         """Train and evaluate this group's trials; each outcome becomes a TrialResult."""
-        from factory_lib.cycle import pruning_curves
-        from factory_lib.history import stored_checkpoint
-        from factory_lib.train import train_group
+        from factory_lib.cycle.plan import pruning_curves
+        from factory_lib.runs.client import stored_checkpoint
+        from factory_lib.train.group import train_group
 
         self.group = self.input
         outputs = train_group(
@@ -180,17 +210,12 @@ class CycleFlow(FlowSpec):
         self.next(self.join)
 
     @step
-    def join(self, inputs):
-        """Score every trial, extend history and decide on promotion."""
-        from factory_lib.cycle import close_cycle, results_from_task, seed_measurer
+    def join(self, inputs: Any) -> None:
+        """Score every trial, extend history and list what the promotion gate must measure."""
+        from factory_lib.cycle.close import measure_jobs, score_cycle
+        from factory_lib.cycle.plan import results_from_task
 
-        first = inputs[0]
-        self.plan, self.proposals, self.mix, self.llm_report = (
-            first.plan,
-            first.proposals,
-            first.mix,
-            first.llm_report,
-        )
+        self.merge_artifacts(inputs, include=["plan", "proposals", "mix", "llm_report"])
         results = [
             r
             for inp in inputs
@@ -201,53 +226,64 @@ class CycleFlow(FlowSpec):
         weights = {
             sha: blob for inp in inputs for sha, blob in getattr(inp, "trial_weights", {}).items()
         }
-        llm_usd = self.llm_report.usd if self.llm_report else 0.0
+        self.scored = score_cycle(self.plan, results, weights.__getitem__)
+        self.records, self.history = self.scored.records, self.scored.history
+        self.measure_jobs = measure_jobs(self.plan, self.scored)
+        print("; ".join(job.describe() for job in self.measure_jobs))
+        self.next(self.measure, foreach="measure_jobs")
+
+    @on_train_resources(MEASURE_TIMEOUT, error_var="measure_error")
+    @step
+    def measure(self) -> None:
+        """Re-measure one trial over seeds, or export the challenger."""
+        from factory_lib.cycle.measure import run_job
+
+        self.measurement = run_job(
+            self.plan, self.input, self.scored.candidate, len(self.measure_jobs)
+        )
+        self.next(self.decide)
+
+    @step
+    def decide(self, inputs: Any) -> None:
+        """Run the champion/challenger gate on the measurements; record the outcome."""
+        from factory_lib.cycle.close import close_cycle
+
+        self.merge_artifacts(inputs, exclude=["measurement", "measure_error"])
         outcome = close_cycle(
             self.plan,
-            results,
-            weights.__getitem__,
-            llm_usd,
-            measure=seed_measurer(self.plan),
+            self.scored,
+            [inp.measurement for inp in inputs if hasattr(inp, "measurement")],
+            self.llm_report.usd if self.llm_report else 0.0,
             run_pathspec=f"{current.flow_name}/{current.run_id}",
         )
-        self.cycle = outcome.cycle
-        self.records = outcome.records
-        self.history = outcome.history
-        self.decision = outcome.decision
-        self.champion = outcome.champion
-        self.champion_package = outcome.champion_package
-        self.stale_cycles = outcome.stale_cycles
-        self.llm_usd_total = outcome.llm_usd_total
-        self.pareto = outcome.pareto
-        self.model_card = outcome.model_card
-        self.exports = outcome.exports
-        self.promotions = outcome.promotions
+        self.cycle, self.decision, self.promotions = (
+            outcome.cycle,
+            outcome.decision,
+            outcome.promotions,
+        )
+        bundle = outcome.bundle
+        self.champion = bundle.champion if bundle else None
+        self.champion_package = bundle.package if bundle else None
+        self.model_card = bundle.model_card if bundle else None
+        self.exports = bundle.exports if bundle else None
         self.pending = outcome.pending
-        print(outcome.summary_line())
+        self.stale_cycles, self.llm_usd_total = outcome.stale_cycles, outcome.llm_usd_total
+        self.pareto = outcome.pareto
+        print(outcome.summary_line(self.records))
         self.next(self.end)
 
     @card(type="blank", id="cycle", timeout=CARD_TIMEOUT_S)
     @step
-    def end(self):
+    def end(self) -> None:
         """Render the cycle card, then tag the run so the next cycle starts from it."""
-        from factory_lib.analysis import CycleView
-        from factory_lib.cards import cycle_card
-        from factory_lib.history import objective_tag
+        from factory_lib.explore.analysis import CycleView
+        from factory_lib.explore.cards import cycle_card
+        from factory_lib.history import state_of
+        from factory_lib.runs.client import objective_tag
 
-        view = CycleView(
-            objective=self.plan.objective,
-            cycle=self.cycle,
-            records=self.records,
-            history=self.history,
-            decision=self.decision,
-            champion=self.champion,
-            stale_cycles=self.stale_cycles,
-            run_pathspec=f"{current.flow_name}/{current.run_id}",
-        )
-        current.card["cycle"].extend(cycle_card(view))
-        Run(f"{current.flow_name}/{current.run_id}").add_tag(
-            objective_tag(self.plan.objective.name)
-        )
+        pathspec = f"{current.flow_name}/{current.run_id}"
+        current.card["cycle"].extend(cycle_card(CycleView.of(state_of(self, pathspec))))
+        Run(pathspec).add_tag(objective_tag(self.plan.objective.name))
         print(f"{self.plan.objective.name}: cycle {self.cycle} done; {self.decision.reason}")
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from factory_lib import analysis
-from factory_lib.analysis import CycleView, ParetoAxis
+from factory_lib.explore import analysis
+from factory_lib.explore.analysis import CycleView, ParetoAxis
 from factory_lib.objective import Objective, load_objective
 from factory_lib.records import TrialRecord
-from factory_lib.registry import Champion, PromotionDecision
+from factory_lib.registry.gate import Champion, PromotionDecision
 from tests.conftest import ROOT
 from tests.records import record
 

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from factory_lib.architecture import canonical, check, compile_blocks
-from factory_lib.cycle import propose_cycle
-from factory_lib.models import build_model, count_params
+from factory_lib.cycle.plan import propose_cycle
+from factory_lib.models.builders import build_model, compile_blocks, count_params
+from factory_lib.models.grammar import canonical, check
 from factory_lib.objective import load_objective
-from factory_lib.propose import OptunaProposer, seen_by_proposers
+from factory_lib.propose.base import seen_by_proposers
+from factory_lib.propose.optuna_proposer import OptunaProposer
 from tests.conftest import ROOT
 from tests.fake_anthropic import Script, tool_answer
 from tests.records import record

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory_lib.drift import load_labelled
+from factory_lib.ops.drift import load_labelled
 
 
 def test_labelled_files_load(tmp_path: Path) -> None:

@@ -23,10 +23,10 @@ import pytest
 from matplotlib import image as mpimg
 from nbclient import NotebookClient
 
-from factory_lib import analysis
-from factory_lib.data import load_splits
-from factory_lib.drift import check_drift
+from factory_lib.data.splits import load_splits
+from factory_lib.explore import analysis
 from factory_lib.objective import load_objective
+from factory_lib.ops.drift import check_drift
 from tests.conftest import ROOT, factory_cli, run_cycle, write_objective
 
 pytestmark = pytest.mark.slow
@@ -216,7 +216,7 @@ def test_the_notebook_runs_top_to_bottom(search: Search) -> None:
 
 def _factory(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "factory_lib.cli", *args],
+        [sys.executable, "-m", "factory_lib.ops.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -9,13 +9,15 @@ import numpy as np
 import optuna
 import pytest
 
-from factory_lib.datamodule import build_trial_data
+from factory_lib.data.module import build_trial_data
 from factory_lib.fidelity import promotions
 from factory_lib.objective import FidelitySpec, ObjectiveError, load_objective, parse_objective
 from factory_lib.propose.base import make_proposal
 from factory_lib.records import Evaluation, TrialResult
 from factory_lib.reward import score
-from factory_lib.train import Checkpoint, run_trial, train_group
+from factory_lib.train.checkpoint import Checkpoint
+from factory_lib.train.group import train_group
+from factory_lib.train.trial import run_trial
 from tests.conftest import ROOT, run_cycle, write_objective
 
 SMOKE = load_objective(ROOT / "objectives" / "smoke.yaml")

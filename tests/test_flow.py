@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory_lib.data import load_splits
-from factory_lib.history import objective_tag
-from factory_lib.registry import load_champion
+from factory_lib.data.splits import load_splits
+from factory_lib.runs.champions import load_champion
+from factory_lib.runs.client import objective_tag
 from tests.conftest import FLOW, ROOT, run_and_kill_after_first_trial, run_cycle, write_objective
 
 pytestmark = pytest.mark.slow

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from factory_lib.datamodule import build_trial_data
-from factory_lib.fused import train_fused
+from factory_lib.data.module import build_trial_data
 from factory_lib.objective import load_objective
 from factory_lib.propose.base import make_proposal
-from factory_lib.train import run_trial
+from factory_lib.train.fused import train_fused
+from factory_lib.train.trial import run_trial
 from tests.conftest import ROOT
 
 pytestmark = [

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factory_lib.cycle import group_trials
-from factory_lib.datamodule import build_trial_data
-from factory_lib.fused import fuse_key, train_fused
+from factory_lib.cycle.plan import group_trials
+from factory_lib.data.module import build_trial_data
 from factory_lib.objective import load_objective
 from factory_lib.propose.base import make_proposal
-from factory_lib.train import run_trial, train_group
+from factory_lib.train.fused import fuse_key, train_fused
+from factory_lib.train.group import train_group
+from factory_lib.train.trial import run_trial
 from tests.conftest import ROOT
 
 SMOKE = load_objective(ROOT / "objectives" / "smoke.yaml").with_overrides(epochs=6)

@@ -7,11 +7,12 @@ import json
 import httpx2
 import pytest
 
-from factory_lib.cycle import CyclePlan, propose_cycle
-from factory_lib.data import describe_data
+from factory_lib.cycle.plan import CyclePlan, propose_cycle
+from factory_lib.data.describe import describe_data
 from factory_lib.objective import LLMSpec, load_objective
-from factory_lib.propose import seen_by_proposers
-from factory_lib.propose.llm import LLMProposer, check_params, tool_schema
+from factory_lib.propose.base import seen_by_proposers
+from factory_lib.propose.llm.client import LLMProposer
+from factory_lib.propose.llm.schema import check_params, tool_schema
 from factory_lib.propose.mix import llm_mix
 from tests.conftest import ROOT
 from tests.fake_anthropic import Script, error, message, tool_answer
@@ -242,8 +243,7 @@ def _plan(history: list, objective=SMOKE) -> CyclePlan:
         run_pathspec="CycleFlow/1",
         cycle=1,
         history=tuple(history),
-        champion=None,
-        champion_package=None,
+        bundle=None,
         stale_cycles=0,
         llm_usd_total=0.0,
     )

@@ -6,8 +6,8 @@ import pytest
 
 from factory_lib.history import HistoryRewriteError, append, check_extends
 from factory_lib.objective import load_objective
-from factory_lib.propose import OptunaProposer, seen_by_proposers
-from factory_lib.propose.optuna_proposer import build_study
+from factory_lib.propose.base import seen_by_proposers
+from factory_lib.propose.optuna_proposer import OptunaProposer, build_study
 from factory_lib.records import params_key
 from tests.conftest import ROOT
 from tests.records import record
@@ -147,7 +147,7 @@ def test_a_warm_start_seeds_the_study_and_is_marked() -> None:
 
 
 def test_a_cycle_plans_its_warm_start_from_the_other_objectives_history(monkeypatch) -> None:
-    from factory_lib import cycle as cycle_module
+    from factory_lib.cycle import plan as cycle_module
     from factory_lib.history import CycleState
 
     objective = _warm_objective()
@@ -155,8 +155,7 @@ def test_a_cycle_plans_its_warm_start_from_the_other_objectives_history(monkeypa
         run_pathspec="CycleFlow/7",
         cycle=1,
         history=tuple(_history(9)),
-        champion=None,
-        champion_package=None,
+        bundle=None,
         stale_cycles=0,
         llm_usd_total=0.0,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from factory_lib.objective import PruningSpec
-from factory_lib.prune import prune_reason
+from factory_lib.train.prune import prune_reason
 
 SPEC = PruningSpec(rule="percentile", percentile=50, warmup_epochs=3, min_trials=3)
 GOOD = [[0.5, 0.7, 0.8, 0.85, 0.9], [0.4, 0.6, 0.75, 0.8, 0.88], [0.5, 0.65, 0.78, 0.84, 0.9]]
@@ -39,8 +39,8 @@ def test_trials_in_other_tasks_count_through_a_shared_optuna_storage(tmp_path: P
 
     from factory_lib.objective import load_objective
     from factory_lib.propose.base import make_proposal
-    from factory_lib.prune import Curves
-    from factory_lib.train import train_group
+    from factory_lib.train.group import train_group
+    from factory_lib.train.prune import Curves
     from tests.conftest import ROOT
 
     smoke = load_objective(ROOT / "objectives" / "smoke.yaml")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from factory_lib.cycle import plan_cycle
+from factory_lib.cycle.plan import plan_cycle
 from factory_lib.objective import load_objective
-from factory_lib.registry import events_from_tags, load_champion, load_version, versions
+from factory_lib.registry.events import events_from_tags
+from factory_lib.runs.champions import load_champion, load_version, versions
 from tests.conftest import factory_cli, run_cycle, write_objective
 
 WEAK = {"lr": 0.001, "width": 4, "depth": 1}

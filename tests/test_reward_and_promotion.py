@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from factory_lib.objective import load_objective
-from factory_lib.registry import challenger_of, decide
+from factory_lib.registry.gate import challenger_of, decide
 from factory_lib.reward import better, scalar_reward
 from tests.conftest import ROOT
 from tests.records import record
@@ -86,7 +86,7 @@ def test_a_cycle_with_no_eligible_trial_keeps_the_champion() -> None:
 
 
 def test_gate_on_constructed_seed_results() -> None:
-    from factory_lib.registry import gate, verdict
+    from factory_lib.registry.gate import gate, verdict
 
     def status(challenger: list[float], champion: list[float], margin: float = 0.0) -> str:
         return verdict(gate(challenger, champion, "maximize", margin, 0.9, "accuracy"), margin)[0]
@@ -168,7 +168,7 @@ def test_pareto_front_of_a_search() -> None:
 def test_shared_rows_are_found() -> None:
     import numpy as np
 
-    from factory_lib.data import first_occurrences, shared_rows
+    from factory_lib.data.splits import first_occurrences, shared_rows
 
     train = np.arange(12, dtype=np.float32).reshape(4, 3)
     test = np.vstack([train[1], np.full(3, 99.0, np.float32), train[3]])

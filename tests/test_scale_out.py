@@ -186,7 +186,7 @@ def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(
 ) -> None:
     from metaflow import Flow, Runner, namespace
 
-    from factory_lib.history import latest_cycle
+    from factory_lib.runs.client import latest_cycle
 
     for key, value in profile.items():
         monkeypatch.setenv(key, value)  # this process's Client API reads S3 through moto too

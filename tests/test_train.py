@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factory_lib.datamodule import build_trial_data
-from factory_lib.models import ModelShapeError, build_model, count_params
+from factory_lib.data.module import build_trial_data
+from factory_lib.models.builders import ModelShapeError, build_model, count_params
 from factory_lib.objective import load_objective
 from factory_lib.propose.base import make_proposal
-from factory_lib.train import run_trial
+from factory_lib.train.trial import run_trial
 from tests.conftest import ROOT
 
 SMOKE = load_objective(ROOT / "objectives" / "smoke.yaml")
@@ -105,7 +105,7 @@ def test_regression_is_scored_in_target_units() -> None:
 
 
 def test_standardised_features_stay_bounded_on_unseen_splits() -> None:
-    from factory_lib.data import load_splits
+    from factory_lib.data.splits import load_splits
 
     for objective in (DIGITS, load_objective(ROOT / "objectives" / "wine.yaml")):
         splits = load_splits(objective.data, objective.task)
@@ -118,8 +118,8 @@ def test_device_batches_match_a_seeded_dataloader() -> None:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from factory_lib.data import load_splits
-    from factory_lib.datamodule import TensorDataModule
+    from factory_lib.data.module import TensorDataModule
+    from factory_lib.data.splits import load_splits
 
     splits = load_splits(SMOKE.data, SMOKE.task)
     dm = TensorDataModule(splits, batch_size=16, device=torch.device("cpu"))
@@ -136,7 +136,7 @@ def test_device_batches_match_a_seeded_dataloader() -> None:
 
 
 def test_curves_and_early_stopping_follow_their_metrics_direction() -> None:
-    from factory_lib.train import train_direction, train_metric
+    from factory_lib.train.module import train_direction, train_metric
 
     diabetes = load_objective(ROOT / "objectives" / "diabetes.yaml")
     by_size = diabetes.model_copy(

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory_lib.data import load_splits
-from factory_lib.datamodule import build_trial_data
-from factory_lib.export import export_champion
-from factory_lib.model_card import to_markdown
+from factory_lib.data.module import build_trial_data
+from factory_lib.data.splits import load_splits
 from factory_lib.objective import load_objective
 from factory_lib.propose.base import make_proposal
-from factory_lib.registry import ChampionModel, ModelPackage
-from factory_lib.train import run_trial
+from factory_lib.registry.export import export_champion
+from factory_lib.registry.model import ChampionModel
+from factory_lib.registry.package import ModelPackage
+from factory_lib.train.trial import run_trial
 from tests.conftest import ROOT, run_cycle, write_objective
 
 LOADER = """
@@ -99,22 +99,22 @@ def test_noise_is_not_promoted_and_a_clear_gain_is(tmp_path: Path) -> None:
     assert clear.decision.evidence.lower_bound > 0
 
     card = clear.model_card
-    assert card["lineage"]["parent"] == first.champion.trial_id
-    assert card["held_out_over_seeds"]["sd"] is not None
-    assert set(card["exports"]["max_abs_diff"]) == {"torchscript", "onnx"}
-    assert "Model card: trust" in to_markdown(card)
+    assert card.lineage.parent == first.champion.trial_id
+    assert card.held_out_over_seeds.sd is not None
+    assert set(card.exports.max_abs_diff) == {"torchscript", "onnx"}
+    assert "Model card: trust" in card.to_markdown()
     assert clear.exports.trial_id == clear.champion.trial_id
     assert clear.pareto.trial_ids and clear.pareto.hypervolume > 0
 
 
 def test_a_failing_export_is_a_note_not_a_failed_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
-    import factory_lib.export as export
-    from factory_lib.cycle import export_or_note
+    import factory_lib.registry.export as export
+    from factory_lib.cycle.measure import export_or_note
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("tracer exploded")
 
     monkeypatch.setattr(export, "export_champion", broken)
     objective = load_objective(ROOT / "objectives" / "smoke.yaml")
-    exports, note = export_or_note(None, objective)  # type: ignore[arg-type]
-    assert exports is None and note == "export failed: RuntimeError: tracer exploded"
+    exports, summary = export_or_note(None, objective)  # type: ignore[arg-type]
+    assert exports is None and summary.error == "export failed: RuntimeError: tracer exploded"

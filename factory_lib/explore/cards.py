@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 from metaflow.plugins.cards.card_modules.components import Image, Markdown, ProgressBar, Table
 
-from factory_lib import analysis, plots
-from factory_lib.analysis import CycleView, cell, missing
+from factory_lib.explore import analysis, plots
+from factory_lib.explore.analysis import CycleView, cell, missing
 
 CARD_ID = "cycle"
 CAUSE_CHARS = 300

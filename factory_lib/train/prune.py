@@ -19,13 +19,22 @@ import numpy as np
 from factory_lib.objective import PruningSpec
 from factory_lib.records import TrialRecord
 
+INFEASIBLE_ATTR = "infeasible"  # a shared-storage trial that broke a hard constraint
+
 if TYPE_CHECKING:  # optuna is imported only where a shared storage is used
     import optuna
 
 
 def history_curves(records: Sequence[TrialRecord]) -> list[tuple[float, ...]]:
-    """The validation curves of the trials that trained (completed or pruned)."""
-    return [r.result.curve for r in records if r.status in ("ok", "pruned") and r.result.curve]
+    """The validation curves of the feasible trials that trained (completed or pruned).
+
+    An infeasible trial (one that broke a hard constraint) sets no bar for the others.
+    """
+    return [
+        r.result.curve
+        for r in records
+        if r.status in ("ok", "pruned") and r.feasible and r.result.curve
+    ]
 
 
 def prune_reason(
@@ -89,7 +98,9 @@ class Curves:
         shared = [
             [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
             for t in self.study.get_trials(deepcopy=False)
-            if (own is None or t.number != own.number) and t.intermediate_values
+            if (own is None or t.number != own.number)
+            and t.intermediate_values
+            and not t.user_attrs.get(INFEASIBLE_ATTR)
         ]
         return [*self.earlier, *shared]
 
@@ -118,15 +129,20 @@ class Curves:
             return None
         return prune_reason(curve, self.others(trial_id), spec, direction)
 
-    def finished(self, trial_id: str, curve: Sequence[float], status: str) -> None:
-        """A trial of this task ended: its curve counts for the next ones here."""
+    def finished(
+        self, trial_id: str, curve: Sequence[float], status: str, feasible: bool = True
+    ) -> None:
+        """A trial of this task ended: its curve counts for the next ones, unless it broke a
+        hard constraint."""
         if self.study is None:
-            if curve:
+            if curve and feasible:
                 self.earlier.append(curve)
             return
         trial = self._trials.pop(trial_id, None)
         if trial is None:
             return
+        if not feasible:
+            trial.set_user_attr(INFEASIBLE_ATTR, True)
         from optuna.trial import TrialState
 
         if status == "ok" and curve:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from factory_lib.imports import resolve
+from factory_lib.models.grammar import check
 from factory_lib.objective import Objective
 
 # Used when a parameter is neither in the search space nor fixed by the objective.
@@ -101,6 +102,52 @@ def build_cnn(params: Mapping[str, Any], input_shape: tuple[int, ...], n_outputs
     return nn.Sequential(*layers)
 
 
+def compile_blocks(
+    blocks: list[dict[str, Any]], input_shape: tuple[int, ...], n_outputs: int
+) -> nn.Module:
+    """Build a checked architecture; a linear head to `n_outputs` ends it."""
+
+    class Residual(nn.Module):
+        def __init__(self, body: nn.Module) -> None:
+            super().__init__()
+            self.body = body
+
+        def forward(self, x: Any) -> Any:
+            return x + self.body(x)
+
+    layers: list[nn.Module] = []
+    shape = tuple(input_shape)
+    for block in blocks:
+        kind, image = block["type"], len(shape) == 3
+        if kind == "linear":
+            if image or len(shape) > 1:
+                layers.append(nn.Flatten())
+            layers.append(nn.Linear(prod(shape), block["units"]))
+            shape = (block["units"],)
+        elif kind == "conv":
+            layers.append(
+                nn.Conv2d(
+                    shape[0], block["channels"], block["kernel"], padding=block["kernel"] // 2
+                )
+            )
+            shape = (block["channels"], shape[1], shape[2])
+        elif kind == "pool":
+            layers.append(nn.MaxPool2d(2))
+            shape = (shape[0], shape[1] // 2, shape[2] // 2)
+        elif kind == "norm":
+            layers.append(nn.BatchNorm2d(shape[0]) if image else nn.BatchNorm1d(shape[0]))
+        elif kind == "activation":
+            layers.append(ACTIVATIONS[block["fn"]]())
+        elif kind == "dropout":
+            layers.append(nn.Dropout(float(block["p"])))
+        elif kind == "residual":
+            c = shape[0]
+            body = [nn.Conv2d(c, c, 3, padding=1) if image else nn.Linear(c, c) for _ in range(2)]
+            layers.append(Residual(nn.Sequential(body[0], nn.ReLU(), body[1])))
+    layers += [nn.Flatten(), nn.Linear(prod(shape), n_outputs)]
+    return nn.Sequential(*layers)
+
+
 BUILDERS = {"mlp": build_mlp, "cnn": build_cnn}
 
 
@@ -108,8 +155,6 @@ def build_arch(
     objective: Objective, params: Mapping[str, Any], input_shape: tuple[int, ...], n_outputs: int
 ) -> nn.Module:
     """An architecture proposed as data, checked against the grammar, then compiled."""
-    from factory_lib.architecture import check, compile_blocks
-
     grammar = objective.model.grammar
     if grammar is None or "architecture" not in params:
         raise ModelShapeError("family 'arch' needs model.grammar and an 'architecture' parameter")

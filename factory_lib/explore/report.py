@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
-from factory_lib.analysis import cell
+from factory_lib.explore.analysis import cell
 from factory_lib.records import TrialRecord
 
 STATUS_COLUMNS = (

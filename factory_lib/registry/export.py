@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from factory_lib.registry import ChampionModel, ModelPackage
+from factory_lib.registry.model import ChampionModel
+from factory_lib.registry.package import Exports, ModelPackage
 
 TOLERANCE = 1e-4
 ONNX_OPSET = 17
@@ -25,28 +24,6 @@ ONNX_OPSET = 17
 
 class ExportMismatch(RuntimeError):
     """An export whose predictions differ from the trained model's: it is not kept."""
-
-
-class Exports(BaseModel):
-    """The exported champion and the evidence that it predicts what the trained one does."""
-
-    model_config = ConfigDict(frozen=True)
-
-    trial_id: str
-    torchscript: bytes
-    onnx: bytes
-    max_abs_diff: dict[str, float]
-    tolerance: float
-    input_shape: tuple[int, ...]
-
-    def summary(self) -> dict[str, Any]:
-        """What a model card says of the exports (not the bytes)."""
-        return {
-            "formats": ["torchscript", "onnx"],
-            "max_abs_diff": self.max_abs_diff,
-            "tolerance": self.tolerance,
-            "artifact": "exports (end step): .torchscript and .onnx bytes",
-        }
 
 
 class _Pipeline(nn.Module):

@@ -13,164 +13,26 @@ factory doctor --profile aws                         # is the AWS side there and
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import re
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from factory_lib.objective import (
-    Objective,
     ObjectiveError,
-    check_user_code,
-    load_objective,
-    objective_path,
 )
-from factory_lib.profile import ProfileError
-
-FLOW_FILE = Path(__file__).resolve().parents[1] / "flows" / "cycle.py"
-FLOW_NAME = "CycleFlow"
-
-
-def _objective_file(args: argparse.Namespace) -> Path:
-    return Path(args.config) if args.config else objective_path(args.objective)
-
-
-def _load(path: Path) -> Objective:
-    objective = load_objective(path)
-    check_user_code(objective, str(path))
-    return objective
-
-
-def _progress_line(i: int, n: int, data: Any, seconds: float) -> str:
-    counts: dict[str, int] = {}
-    for r in data.records:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    status = ", ".join(f"{c} {s}" for s, c in sorted(counts.items()))
-    eligible = [r.val_reward for r in data.history if r.eligible and r.val_reward is not None]
-    best = f"{max(eligible):.4f}" if eligible else "none"
-    champion = data.champion.trial_id if data.champion else "none"
-    return (
-        f"[{i}/{n}] cycle {data.cycle}: {len(data.records)} trials ({status}) | "
-        f"best val reward {best} | {data.decision.status}, champion {champion} | {seconds:.0f} s"
-    )
-
-
-# The train step's line for a finished trial, e.g. "[c002-t05] ok" or "[c002-t01] failed (...)"
-TRIAL_DONE = re.compile(r"\[(c\d+-t\d+)\] (ok|failed|diverged|timeout|pruned)\b")
-
-
-@dataclass
-class _TrialWatch:
-    """Live progress of a running cycle, from the trial lines in its output."""
-
-    prefix: str
-    expected: int
-    best_before: float | None
-    finished: int = 0
-
-    def line(self, text: str) -> str | None:
-        """A progress line for a finished trial's output line; None for any other line."""
-        found = TRIAL_DONE.search(text)
-        if found is None:
-            return None
-        self.finished += 1
-        best = f"{self.best_before:.4f}" if self.best_before is not None else "none yet"
-        return (
-            f"  {self.prefix} trial {found[1]} {found[2]}: {self.finished} of {self.expected} "
-            f"finished | best val reward before this cycle {best}"
-        )
-
-
-@dataclass(frozen=True)
-class _CycleOutcome:
-    status: str
-    run: Any
-    stderr_tail: str
-
-
-async def _run_cycle(
-    args: argparse.Namespace, path: Path, params: dict[str, Any], watch: _TrialWatch
-) -> _CycleOutcome:
-    """Run one cycle through Runner, printing a line as each trial finishes."""
-    from metaflow.runner.metaflow_runner import Runner
-
-    async with Runner(str(args.flow), config=[("objective", str(path))]) as runner:
-        running = await runner.async_run(**params)
-        # Metaflow annotates stream_log as a plain Iterator; it is an async generator.
-        async for _, text in running.stream_log("stdout"):  # type: ignore[attr-defined]
-            progress = watch.line(text)
-            if args.verbose:
-                print(text, flush=True)
-            elif progress is not None:
-                print(progress, flush=True)
-        await running.wait()
-        return _CycleOutcome(running.status, running.run, running.stderr[-4000:])
-
-
-def loop(args: argparse.Namespace) -> int:
-    """Run up to N chained cycles; stop early on budget or on `patience` cycles of no gain."""
-    import torch  # noqa: F401  before Runner: Metaflow's vendored typing_extensions (#2462)
-
-    from factory_lib.history import ensure_metaflow_user, latest_cycle
-
-    ensure_metaflow_user()  # before Metaflow reads its configuration
-    path = _objective_file(args)
-    objective = _load(path)
-    budget = objective.budget
-    if args.drift_data:
-        from factory_lib.drift import check_drift, load_labelled
-
-        report = check_drift(objective.name, *load_labelled(args.drift_data), FLOW_NAME)
-        print("\n".join(report.lines()))
-        if not report.warranted:
-            print("stop: no drift, no cycle started")
-            return 0
-    print(f"factory loop: {objective.name} ({path}), up to {args.cycles} cycles", flush=True)
-    for i in range(1, args.cycles + 1):
-        fresh = args.fresh and i == 1
-        state = None if fresh else latest_cycle(FLOW_NAME, objective.name)
-        if state is not None and state.cycle >= budget.max_cycles:
-            print(f"stop: budget spent ({state.cycle} of budget.max_cycles={budget.max_cycles})")
-            return 0
-        params: dict[str, Any] = {"trials": args.trials, "epochs": args.epochs}
-        if fresh:
-            params["fresh"] = True
-        if args.max_workers:
-            params["max_workers"] = args.max_workers
-        started = time.monotonic()
-        rewards = [r.val_reward for r in state.history if r.eligible] if state else []
-        best = max((v for v in rewards if v is not None), default=None)
-        watch = _TrialWatch(
-            f"[{i}/{args.cycles}]", args.trials or objective.budget.trials_per_cycle, best
-        )
-        outcome = asyncio.run(_run_cycle(args, path, params, watch))
-        if outcome.status != "successful":
-            print(outcome.stderr_tail, file=sys.stderr)
-            print(
-                f"cycle {i} failed: fix the cause, then `python {args.flow} resume` reruns "
-                "only what did not finish",
-                file=sys.stderr,
-            )
-            return 1
-        data = outcome.run["end"].task.data
-        print(_progress_line(i, args.cycles, data, time.monotonic() - started), flush=True)
-        if data.stale_cycles >= budget.patience:
-            print(f"stop: no better reward for {data.stale_cycles} cycles (budget.patience)")
-            return 0
-    return 0
+from factory_lib.ops.loop import FLOW_FILE, loop
+from factory_lib.ops.profile import ProfileError
+from factory_lib.runs.client import FLOW_NAME
 
 
 def status(args: argparse.Namespace) -> int:
     """Print the cycles of the objective's latest search as a table."""
     from rich.console import Console
 
-    from factory_lib.analysis import budget_status, cycle_table, latest
-    from factory_lib.report import status_table
+    from factory_lib.explore.analysis import budget_status, cycle_table, latest
+    from factory_lib.explore.report import status_table
 
     cycles = _cycles(args.objective)
     console = Console()
@@ -188,8 +50,8 @@ def show(args: argparse.Namespace) -> int:
     """Print one trial's record from the objective's latest search."""
     from rich.console import Console
 
-    from factory_lib.analysis import find_trial, latest
-    from factory_lib.report import trial_panel
+    from factory_lib.explore.analysis import find_trial, latest
+    from factory_lib.explore.report import trial_panel
 
     record = find_trial(latest(_cycles(args.objective)).history, args.trial)
     Console().print(trial_panel(record))
@@ -200,7 +62,7 @@ def export(args: argparse.Namespace) -> int:
     """Write the objective's history as an Optuna study."""
     from optuna.exceptions import DuplicatedStudyError
 
-    from factory_lib.analysis import export_optuna, latest
+    from factory_lib.explore.analysis import export_optuna, latest
 
     view = latest(_cycles(args.objective))
     try:
@@ -219,10 +81,10 @@ def export(args: argparse.Namespace) -> int:
 
 def _cycles(objective_name: str) -> list[Any]:
     """The cycles of an objective's latest search; LookupError when there are none."""
-    from factory_lib.history import ensure_metaflow_user
+    from factory_lib.runs.env import ensure_metaflow_user
 
     ensure_metaflow_user()  # before Metaflow reads its configuration
-    from factory_lib.analysis import load_cycles
+    from factory_lib.explore.analysis import load_cycles
 
     cycles = load_cycles(objective_name, FLOW_NAME)
     if not cycles:
@@ -235,8 +97,8 @@ def _cycles(objective_name: str) -> list[Any]:
 
 def doctor(args: argparse.Namespace) -> int:
     """Check a profile's bucket, queue, compute environment, roles and image; 1 on a problem."""
-    from factory_lib.doctor import diagnose
-    from factory_lib.profile import ProfileError, read_settings
+    from factory_lib.ops.doctor import diagnose
+    from factory_lib.ops.profile import ProfileError, read_settings
 
     try:
         settings = read_settings(args.profile)
@@ -255,7 +117,7 @@ def profile(args: argparse.Namespace) -> int:
     """Write the Metaflow profile for the stack made from infra/cloudformation/dark-factory.yaml."""
     import boto3
 
-    from factory_lib.profile import settings_from_stack, stack_outputs, write_profile
+    from factory_lib.ops.profile import settings_from_stack, stack_outputs, write_profile
 
     outputs = stack_outputs(args.stack, boto3.client("cloudformation"))
     settings = settings_from_stack(outputs, args.image, args.metadata_url)
@@ -268,7 +130,7 @@ def profile(args: argparse.Namespace) -> int:
 
 def drift_command(args: argparse.Namespace) -> int:
     """Score the champion on new labelled data; exit 0 either way, the report says."""
-    from factory_lib.drift import check_drift, load_labelled
+    from factory_lib.ops.drift import check_drift, load_labelled
 
     _cycles(args.objective)
     report = check_drift(args.objective, *load_labelled(args.data), FLOW_NAME)
@@ -278,7 +140,7 @@ def drift_command(args: argparse.Namespace) -> int:
 
 def versions_command(args: argparse.Namespace) -> int:
     """Print the objective's promotion log."""
-    from factory_lib.registry import versions
+    from factory_lib.runs.champions import versions
 
     _cycles(args.objective)  # a clear error when there is no cycle yet
     for e in versions(args.objective):
@@ -288,20 +150,17 @@ def versions_command(args: argparse.Namespace) -> int:
 
 def registry_command(args: argparse.Namespace) -> int:
     """Record a person's decision (approve, reject, rollback) as a tag on the latest cycle."""
-    from factory_lib.history import all_namespaces, latest_cycle
-    from factory_lib.registry import EventKind, event_tag
+    from factory_lib.registry import EventKind
+    from factory_lib.runs.champions import record_decision
+    from factory_lib.runs.client import find_version, latest_cycle
 
     _cycles(args.objective)
-    from metaflow.client.core import Run
-
     state = latest_cycle(FLOW_NAME, args.objective)
     assert state is not None
     kind: EventKind
     if args.command == "rollback":
         trial, kind = args.to, "rollback"
-        from factory_lib.history import find_package
-
-        find_package(FLOW_NAME, args.objective, trial)  # LookupError if it never was champion
+        find_version(FLOW_NAME, args.objective, trial)  # LookupError if it never was champion
     else:
         if state.pending is None:
             print(
@@ -309,12 +168,11 @@ def registry_command(args: argparse.Namespace) -> int:
             )
             return 1
         trial, kind = (
-            state.pending.champion.trial_id,
+            state.pending.trial_id,
             "approved" if args.command == "approve" else "rejected",
         )
     actor = os.environ.get("METAFLOW_USER") or os.environ.get("USER") or "unknown"
-    with all_namespaces():
-        Run(state.run_pathspec).add_tag(event_tag(kind, trial, actor, args.reason))
+    record_decision(state, kind, trial, actor, args.reason)
     print(f"{kind} {trial} on {state.run_pathspec} by {actor}")
     return 0
 

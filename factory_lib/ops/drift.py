@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from factory_lib.data import load_splits
-from factory_lib.registry import ChampionModel, champion_of
+from factory_lib.data.splits import load_splits
+from factory_lib.registry.model import ChampionModel
+from factory_lib.runs.champions import champion_of
 
 ALPHA = 0.01
 DRIFTED_SHARE = 0.1
@@ -83,7 +84,7 @@ def check_drift(
     from scipy import stats
 
     from factory_lib.evaluate import quality_metrics
-    from factory_lib.history import latest_cycle
+    from factory_lib.runs.client import latest_cycle
 
     state = latest_cycle(flow_name, objective_name)
     champion: ChampionModel = champion_of(state, objective_name)

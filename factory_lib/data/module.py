@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from factory_lib.data import (
+from factory_lib.data.splits import (
     DataSummary,
     Preprocessing,
     Splits,

@@ -1,4 +1,4 @@
-"""Champion and challenger: the promotion gate, the packaged model, and loading it back.
+"""The promotion gate: the challenger by validation, re-measured over seeds, judged on test.
 
 The challenger is the cycle's best eligible trial by validation reward (selection never looks
 at the test split); it replaces the champion only when it beats it on the held-out test split
@@ -7,28 +7,23 @@ by more than `promotion.min_improvement`, in the metric's direction.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from factory_lib.data import Preprocessing
 from factory_lib.objective import Objective
 from factory_lib.records import TrialRecord
 
-if TYPE_CHECKING:
-    from torch import nn
 
-    from factory_lib.history import CycleState
+class FrozenModel(BaseModel):
+    """An immutable value of the registry."""
 
-
-class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
-class Champion(_Frozen):
+class Champion(FrozenModel):
     """The best model so far and where it came from."""
 
     record: TrialRecord
@@ -47,7 +42,7 @@ class Champion(_Frozen):
         return self.record.result.evaluator, self.record.result.data_fingerprint
 
 
-class Evidence(_Frozen):
+class Evidence(FrozenModel):
     """The held-out measurements behind a promotion decision."""
 
     metric: str
@@ -60,7 +55,7 @@ class Evidence(_Frozen):
     method: str
 
 
-class PromotionDecision(_Frozen):
+class PromotionDecision(FrozenModel):
     status: Literal["promoted", "pending", "not_significant", "regressed", "infeasible", "flagged"]
     reason: str
     challenger: str | None = None
@@ -69,20 +64,6 @@ class PromotionDecision(_Frozen):
     evidence: Evidence | None = None
 
 
-class ModelPackage(_Frozen):
-    """Everything `predict` needs: how to build the network, its weights, its preprocessing."""
-
-    objective: Objective
-    params: dict[str, Any]
-    input_shape: tuple[int, ...]
-    n_outputs: int
-    preprocessing: Preprocessing | None
-    weights: bytes
-    weights_sha: str
-    trial_id: str
-
-
-# Re-measures a trial's held-out metric over `k` seeds (the first value is its own).
 Measure = Callable[[TrialRecord, int], tuple[float, ...]]
 
 
@@ -222,127 +203,3 @@ def verdict(
     if e.difference <= 0:
         return "regressed", summary
     return "not_significant", summary
-
-
-class ChampionModel:
-    """A packaged model ready to predict on raw feature arrays."""
-
-    def __init__(self, package: ModelPackage) -> None:
-        import torch
-
-        from factory_lib.models import build_model
-
-        self.package = package
-        self.net: nn.Module = build_model(
-            package.objective, package.params, package.input_shape, package.n_outputs
-        )
-        self.net.load_state_dict(torch.load(io.BytesIO(package.weights), weights_only=True))
-        self.net.eval()
-
-    def outputs(self, x: np.ndarray) -> np.ndarray:
-        """Raw network outputs for raw features (class scores, or standardised values)."""
-        import torch
-
-        prep = self.package.preprocessing
-        arr = prep.transform_x(x) if prep is not None else np.asarray(x, np.float32)
-        with torch.no_grad():
-            out: np.ndarray = self.net(torch.from_numpy(np.ascontiguousarray(arr))).numpy()
-        return out
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Class labels for classification, values in the target's units for regression."""
-        out = self.outputs(x)
-        if self.package.objective.task == "classification":
-            labels: np.ndarray = out.argmax(axis=1)
-            return labels
-        prep = self.package.preprocessing
-        return prep.inverse_y(out.reshape(-1)) if prep is not None else out.reshape(-1)
-
-
-REGISTRY_TAG = "registry"
-EventKind = Literal["promoted", "pending", "approved", "rejected", "rollback"]
-
-
-class RegistryEvent(_Frozen):
-    """One entry of an objective's promotion log; the log is only ever appended to."""
-
-    kind: EventKind
-    trial_id: str
-    run: str
-    at: str  # UTC, e.g. 20261126T051900Z
-    actor: str
-    reason: str = ""
-
-
-class Candidate(_Frozen):
-    """A promotion waiting for a person's approval, with everything it would bring."""
-
-    champion: Champion
-    package: ModelPackage
-    model_card: dict[str, Any] | None = None
-    exports: Any = None
-
-
-def utc_stamp() -> str:
-    import datetime
-
-    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def event_tag(kind: EventKind, trial_id: str, actor: str, reason: str = "") -> str:
-    """A run tag that records a person's registry decision on that cycle's run."""
-    clean = " ".join(reason.split())[:200]
-    return f"{REGISTRY_TAG}:{kind}:{trial_id}:{utc_stamp()}:{actor}:{clean}"
-
-
-def events_from_tags(tags: Sequence[str], run: str) -> list[RegistryEvent]:
-    """The registry events recorded as tags on a run, oldest first."""
-    found = []
-    for tag in tags:
-        parts = tag.split(":", 5)
-        if (
-            len(parts) == 6
-            and parts[0] == REGISTRY_TAG
-            and parts[1] in ("approved", "rejected", "rollback")
-        ):
-            kind: Any = parts[1]
-            found.append(
-                RegistryEvent(
-                    kind=kind,
-                    trial_id=parts[2],
-                    run=run,
-                    at=parts[3],
-                    actor=parts[4],
-                    reason=parts[5],
-                )
-            )
-    return sorted(found, key=lambda e: e.at)
-
-
-def load_champion(objective_name: str, flow_name: str = "CycleFlow") -> ChampionModel:
-    """The current champion of an objective, from its latest successful cycle."""
-    from factory_lib.history import latest_cycle
-
-    return champion_of(latest_cycle(flow_name, objective_name), objective_name)
-
-
-def champion_of(state: CycleState | None, objective_name: str) -> ChampionModel:
-    """The champion a cycle's state holds; a clear error when there is none yet."""
-    if state is None or state.champion_package is None:
-        raise LookupError(f"objective {objective_name!r} has no champion yet: run a cycle first")
-    return ChampionModel(state.champion_package)
-
-
-def load_version(objective_name: str, trial_id: str, flow_name: str = "CycleFlow") -> ChampionModel:
-    """Any model that was ever champion (or awaited approval) of an objective."""
-    from factory_lib.history import find_package
-
-    return ChampionModel(find_package(flow_name, objective_name, trial_id)[1])
-
-
-def versions(objective_name: str, flow_name: str = "CycleFlow") -> tuple[RegistryEvent, ...]:
-    """The objective's promotion log: every promotion, approval, rejection and rollback."""
-    from factory_lib.history import latest_cycle
-
-    state = latest_cycle(flow_name, objective_name)
-    return state.events if state is not None else ()

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import json
 from math import prod
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from factory_lib.objective import GrammarSpec
-
-if TYPE_CHECKING:
-    from torch import nn
 
 FIELDS = {
     "linear": {"units"},
@@ -124,52 +121,3 @@ def check(
             f"architecture has {params} parameters; the grammar allows {grammar.max_params}"
         )
     return blocks, errors
-
-
-def compile_blocks(
-    blocks: list[dict[str, Any]], input_shape: tuple[int, ...], n_outputs: int
-) -> nn.Module:
-    """Build a checked architecture; a linear head to `n_outputs` ends it."""
-    from torch import nn
-
-    from factory_lib.models import ACTIVATIONS
-
-    class Residual(nn.Module):
-        def __init__(self, body: nn.Module) -> None:
-            super().__init__()
-            self.body = body
-
-        def forward(self, x: Any) -> Any:
-            return x + self.body(x)
-
-    layers: list[nn.Module] = []
-    shape = tuple(input_shape)
-    for block in blocks:
-        kind, image = block["type"], len(shape) == 3
-        if kind == "linear":
-            if image or len(shape) > 1:
-                layers.append(nn.Flatten())
-            layers.append(nn.Linear(prod(shape), block["units"]))
-            shape = (block["units"],)
-        elif kind == "conv":
-            layers.append(
-                nn.Conv2d(
-                    shape[0], block["channels"], block["kernel"], padding=block["kernel"] // 2
-                )
-            )
-            shape = (block["channels"], shape[1], shape[2])
-        elif kind == "pool":
-            layers.append(nn.MaxPool2d(2))
-            shape = (shape[0], shape[1] // 2, shape[2] // 2)
-        elif kind == "norm":
-            layers.append(nn.BatchNorm2d(shape[0]) if image else nn.BatchNorm1d(shape[0]))
-        elif kind == "activation":
-            layers.append(ACTIVATIONS[block["fn"]]())
-        elif kind == "dropout":
-            layers.append(nn.Dropout(float(block["p"])))
-        elif kind == "residual":
-            c = shape[0]
-            body = [nn.Conv2d(c, c, 3, padding=1) if image else nn.Linear(c, c) for _ in range(2)]
-            layers.append(Residual(nn.Sequential(body[0], nn.ReLU(), body[1])))
-    layers += [nn.Flatten(), nn.Linear(prod(shape), n_outputs)]
-    return nn.Sequential(*layers)

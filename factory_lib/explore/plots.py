@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from factory_lib.analysis import ParetoAxis
+from factory_lib.explore.analysis import ParetoAxis
 
 FIGSIZE = (6.4, 3.6)
 DPI = 110

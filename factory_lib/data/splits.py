@@ -1,7 +1,7 @@
 """Data: deterministic train/validation/test splits, preprocessing fitted on train only.
 
 This module needs only numpy and scikit-learn, so steps that just describe the data (start,
-join) stay light; the Lightning side lives in `factory_lib.datamodule`.
+join) stay light; the Lightning side lives in `factory_lib.data.module`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from factory_lib.objective import IMAGE_DATASETS, DataSpec, Objective
+from factory_lib.objective import IMAGE_DATASETS, DataSpec
 
 SPLITS = ("train", "val", "test")
 _STD_FLOOR = 1e-6
@@ -196,18 +196,3 @@ def load_splits(spec: DataSpec, task: str) -> Splits:
         preprocessing=prep,
         summary=summary,
     )
-
-
-def describe_data(objective: Objective) -> tuple[DataSummary, Preprocessing | None]:
-    """Shapes, sizes and fingerprints of the objective's data, and its fitted preprocessing.
-
-    Bundled sets need only numpy and scikit-learn; a user module is built (which imports
-    Lightning) and fails here, before any trial, if it is unusable.
-    """
-    if objective.data.module is None:
-        splits = load_splits(objective.data, objective.task)
-        return splits.summary, splits.preprocessing
-    from factory_lib.datamodule import build_trial_data
-
-    trial_data = build_trial_data(objective)
-    return trial_data.summary, trial_data.preprocessing

@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from factory_lib.history import CycleState
 from factory_lib.objective import METRIC_DIRECTIONS, Objective
 from factory_lib.records import TrialRecord
-from factory_lib.registry import Champion, PromotionDecision
+from factory_lib.registry.gate import Champion, PromotionDecision
 from factory_lib.reward import pareto_indices
+from factory_lib.runs.client import FLOW_NAME, cycle_runs, read_cycle
 
 if TYPE_CHECKING:
     import optuna
 
-FLOW_NAME = "CycleFlow"
 COST_COLUMNS = ("n_params", "latency_ms", "train_seconds")
 Direction = Literal["maximize", "minimize"]
 
@@ -48,6 +49,22 @@ class CycleView:
     @property
     def run_id(self) -> str | None:
         return self.run_pathspec.split("/")[-1] if self.run_pathspec else None
+
+    @classmethod
+    def of(cls, state: CycleState) -> CycleView:
+        """The view of a finished cycle's state (`factory_lib.runs.read_cycle`)."""
+        assert state.objective is not None and state.decision is not None
+        return cls(
+            objective=state.objective,
+            cycle=state.cycle,
+            records=state.records,
+            history=state.history,
+            decision=state.decision,
+            champion=state.champion,
+            stale_cycles=state.stale_cycles,
+            run_pathspec=state.run_pathspec,
+            created_at=state.created_at or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -97,31 +114,12 @@ def load_cycles(
     By default only the latest search (from its newest cycle 1 on): `--fresh` starts a new
     search under the same tag, and its cycle numbers start again at 1.
     """
-    from factory_lib.history import all_namespaces, cycle_runs
-
     views: list[CycleView] = []
-    with all_namespaces():
-        for run in cycle_runs(flow_name, objective_name):  # newest first
-            views.append(view_of_run(run))
-            if views[-1].cycle == 1 and not all_searches:
-                break
+    for run in cycle_runs(flow_name, objective_name):  # newest first
+        views.append(CycleView.of(read_cycle(run)))
+        if views[-1].cycle == 1 and not all_searches:
+            break
     return views[::-1]
-
-
-def view_of_run(run: Any) -> CycleView:
-    """A finished cycle's `CycleView` from its metaflow.Run (artifacts load lazily, by name)."""
-    data = run["end"].task.data
-    return CycleView(
-        objective=data.plan.objective,
-        cycle=data.cycle,
-        records=tuple(data.records),
-        history=tuple(data.history),
-        decision=data.decision,
-        champion=data.champion,
-        stale_cycles=data.stale_cycles,
-        run_pathspec=run.pathspec,
-        created_at=str(run.created_at),
-    )
 
 
 def latest(cycles: Sequence[CycleView]) -> CycleView:
@@ -500,7 +498,7 @@ def export_optuna(
     plots show what the proposer saw. Each trial carries its `trial_id` as a user attribute.
     An existing study of that name is an error (optuna.exceptions.DuplicatedStudyError).
     """
-    from factory_lib.propose import seen_by_proposers
+    from factory_lib.propose.base import seen_by_proposers
     from factory_lib.propose.optuna_proposer import build_study
 
     return build_study(

@@ -24,22 +24,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from factory_lib.datamodule import TensorDataModule, TrialData
+from factory_lib.data.module import TensorDataModule, TrialData
 from factory_lib.evaluate import EVALUATOR_FINGERPRINT, evaluate, quality_metrics
 from factory_lib.fidelity import needs_checkpoint, trial_epochs
-from factory_lib.models import ACTIVATIONS, DEFAULTS, build_model
+from factory_lib.models.builders import ACTIVATIONS, DEFAULTS, build_model
 from factory_lib.objective import Objective
-from factory_lib.prune import Curves
 from factory_lib.records import Proposal, TrialResult, weights_fingerprint
-from factory_lib.train import (
-    TRAINING_DEFAULTS,
-    Checkpoint,
-    TrialOutput,
-    random_state,
-    serialise,
-    train_direction,
-    train_metric,
-)
+from factory_lib.train.checkpoint import Checkpoint, random_state, serialise
+from factory_lib.train.module import TRAINING_DEFAULTS, train_direction, train_metric
+from factory_lib.train.prune import Curves
+from factory_lib.train.trial import TrialOutput
 
 FUSABLE_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 

@@ -1,0 +1,254 @@
+"""A cycle's end: score the trials, extend history, measure what the gate needs, decide.
+
+    join     `score_cycle`: records scored and flagged, history extended (append-only), the
+             challenger's package; `measure_jobs`: what the gate needs measured
+    measure  `factory_lib.cycle.measure.run_job`: one job per task, with the train step's
+             resources (re-training over seeds, exporting the challenger)
+    decide   `close_cycle`: the promotion gate on those measurements, the card, the log
+
+Nothing here imports torch or Lightning: the join and decide steps stay light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from factory_lib.cycle.plan import CyclePlan
+from factory_lib.history import append, check_extends
+from factory_lib.objective import Objective
+from factory_lib.records import TrialRecord, TrialResult
+from factory_lib.registry import (
+    ChampionBundle,
+    EventKind,
+    Exports,
+    ModelPackage,
+    PromotionDecision,
+    RegistryEvent,
+    decide,
+    utc_stamp,
+)
+from factory_lib.registry.card import ExportSummary, model_card
+from factory_lib.registry.gate import Champion, challenger_of
+from factory_lib.reward import ParetoFront, flags, pareto_front, score
+
+JobKind = Literal["seeds", "export", "none"]
+
+
+@dataclass(frozen=True)
+class ScoredCycle:
+    """The join's result: this cycle's records, the history they extend, and the challenger's
+    package (what would be promoted)."""
+
+    records: tuple[TrialRecord, ...]
+    history: tuple[TrialRecord, ...]
+    candidate: ModelPackage | None
+
+
+@dataclass(frozen=True)
+class MeasureJob:
+    """One task of the measure step: re-train a trial with `seeds - 1` other seeds, export the
+    challenger, or nothing (a foreach needs at least one task)."""
+
+    kind: JobKind
+    trial_id: str = ""
+    record: TrialRecord | None = None
+    seeds: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "seeds":
+            return f"re-measure {self.trial_id} over {self.seeds} seeds"
+        if self.kind == "export":
+            return f"export {self.trial_id} (TorchScript, ONNX)"
+        return "nothing to measure"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one measure task found: held-out values over seeds (the trial's own first), or the
+    challenger's checked exports and what the card says of them."""
+
+    job: MeasureJob
+    values: tuple[float, ...] = ()
+    exports: Exports | None = None
+    export_summary: ExportSummary | None = None
+
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    """What the cycle concludes: the promotion decision, the champion and the promotion log."""
+
+    cycle: int
+    decision: PromotionDecision
+    bundle: ChampionBundle | None
+    pending: ChampionBundle | None
+    stale_cycles: int
+    best_val_reward: float | None
+    llm_usd_total: float
+    pareto: ParetoFront
+    promotions: tuple[RegistryEvent, ...]
+
+    @property
+    def champion(self) -> Champion | None:
+        return self.bundle.champion if self.bundle else None
+
+    def summary_line(self, records: Sequence[TrialRecord]) -> str:
+        counts: dict[str, int] = {}
+        for r in records:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        best = f"{self.best_val_reward:.4f}" if self.best_val_reward is not None else "none"
+        c = self.champion
+        champ = f"{c.trial_id} (test {c.metric} {c.test_value:.4f})" if c else "none"
+        return (
+            f"cycle {self.cycle}: {len(records)} trials ({status}); best val reward {best}; "
+            f"{self.decision.status}; champion {champ}"
+        )
+
+
+def score_cycle(
+    plan: CyclePlan, results: Iterable[TrialResult], weights: Callable[[str], bytes]
+) -> ScoredCycle:
+    """Score and flag the results, extend history (append-only), package the challenger."""
+    objective = plan.objective
+    scored: list[TrialRecord] = []
+    for r in sorted(results, key=lambda r: r.proposal.number):
+        record = score(objective, r)
+        scored.append(
+            record.model_copy(update={"flags": flags(objective, record, [*plan.history, *scored])})
+        )
+    records = tuple(scored)
+    history = append(plan.history, records)
+    check_extends(plan.history, history)
+    challenger = challenger_of(records)
+    candidate = package_of(plan, challenger, weights) if challenger is not None else None
+    return ScoredCycle(records=records, history=history, candidate=candidate)
+
+
+def measure_jobs(plan: CyclePlan, scored: ScoredCycle) -> list[MeasureJob]:
+    """What the gate will need: the challenger and (where its values are too few or from another
+    evaluator) the champion re-trained over seeds, and the challenger's export."""
+    objective = plan.objective
+    k = objective.promotion.seeds
+    challenger = challenger_of(scored.records)
+    jobs: list[MeasureJob] = []
+    if challenger is not None and k > 1:
+        jobs.append(MeasureJob("seeds", challenger.trial_id, challenger, k))
+        champion = plan.champion
+        if champion is not None and (
+            len(champion.seed_values) < k
+            or champion.evaluator
+            != (challenger.result.evaluator, challenger.result.data_fingerprint)
+        ):
+            jobs.append(MeasureJob("seeds", champion.trial_id, champion.record, k))
+    if challenger is not None and no_export_reason(objective) is None:
+        jobs.append(MeasureJob("export", challenger.trial_id))
+    return jobs or [MeasureJob("none")]
+
+
+def no_export_reason(objective: Objective) -> str | None:
+    """Why a champion of this objective gets no exports (None: it gets them)."""
+    if objective.data.module is not None:
+        return "exports are made for bundled data sets, whose raw features are known"
+    return None
+
+
+def close_cycle(
+    plan: CyclePlan,
+    scored: ScoredCycle,
+    measurements: Sequence[Measurement],
+    llm_usd: float = 0.0,
+    run_pathspec: str = "",
+) -> CycleOutcome:
+    """Run the promotion gate on the measurements; describe a new champion, extend the log."""
+    objective = plan.objective
+    metric = objective.promotion_metric
+    measured = {m.job.trial_id: m.values for m in measurements if m.job.kind == "seeds"}
+
+    def measure(record: TrialRecord, k: int) -> tuple[float, ...]:
+        # a re-measurement whose task was lost leaves the trial's own value alone
+        own = record.result.evaluation.metrics("test")[metric] if record.result.evaluation else None
+        return measured.get(record.trial_id) or tuple(v for v in (own,) if v is not None)
+
+    decision, champion = decide(objective, plan.champion, scored.records, measure)
+    previous = plan.previous
+    bundle = previous.bundle if previous else None
+    events = list(previous.events) if previous else []
+    pending = previous.pending if previous else None
+    if decision.status == "promoted" and champion is not None:
+        package = scored.candidate
+        assert package is not None and package.trial_id == champion.trial_id
+        exports, summary = exports_of(champion.trial_id, measurements, objective)
+        card = model_card(objective, champion, decision, plan.data, run_pathspec, summary)
+        new = ChampionBundle(champion=champion, package=package, model_card=card, exports=exports)
+        if objective.promotion.require_approval:
+            reason = f"awaiting approval (factory approve / factory reject): {decision.reason}"
+            decision = decision.model_copy(update={"status": "pending", "reason": reason})
+            pending = new
+        else:
+            bundle = new
+        kind: EventKind = "pending" if decision.status == "pending" else "promoted"
+        events.append(
+            RegistryEvent(
+                kind=kind,
+                trial_id=decision.challenger or "",
+                run=run_pathspec,
+                at=utc_stamp(),
+                actor="promotion gate",
+                reason=decision.reason,
+            )
+        )
+    elif bundle is not None and champion is not None:
+        bundle = bundle.model_copy(update={"champion": champion})  # its re-measured seed values
+    best_before = max(
+        (r.val_reward for r in plan.history if r.eligible and r.val_reward is not None),
+        default=None,
+    )
+    best_now = max(
+        (r.val_reward for r in scored.history if r.eligible and r.val_reward is not None),
+        default=None,
+    )
+    improved = best_now is not None and (best_before is None or best_now > best_before)
+    stale = 0 if improved else (plan.previous.stale_cycles + 1 if plan.previous else 1)
+    return CycleOutcome(
+        cycle=plan.cycle,
+        decision=decision,
+        bundle=bundle,
+        pending=pending,
+        stale_cycles=stale,
+        best_val_reward=best_now,
+        llm_usd_total=plan.llm_usd_total + llm_usd,
+        pareto=pareto_front(objective, scored.history),
+        promotions=tuple(events),
+    )
+
+
+def exports_of(
+    trial_id: str, measurements: Sequence[Measurement], objective: Objective
+) -> tuple[Exports | None, ExportSummary]:
+    """The export job's exports of the promoted trial, and what the card says of them."""
+    reason = no_export_reason(objective)
+    if reason is not None:
+        return None, ExportSummary(error=reason)
+    for m in measurements:
+        if m.job.kind == "export" and m.job.trial_id == trial_id and m.export_summary:
+            return m.exports, m.export_summary
+    return None, ExportSummary(error="the export task did not finish; no exports were made")
+
+
+def package_of(
+    plan: CyclePlan, record: TrialRecord, weights: Callable[[str], bytes]
+) -> ModelPackage:
+    sha = record.result.weights_sha
+    assert sha is not None, "an eligible trial always has weights"
+    return ModelPackage(
+        objective=plan.objective,
+        params=record.proposal.params,
+        input_shape=plan.data.input_shape,
+        n_outputs=plan.data.n_outputs,
+        preprocessing=plan.preprocessing,
+        weights=weights(sha),
+        weights_sha=sha,
+        trial_id=record.trial_id,
+    )

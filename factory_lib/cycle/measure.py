@@ -1,0 +1,84 @@
+"""The measure step's work: one `MeasureJob` per task, with the train step's resources.
+
+Training and exporting import torch and Lightning; a task with nothing to do imports neither,
+so those imports sit in the branch that needs them.
+"""
+
+from __future__ import annotations
+
+from factory_lib.cycle.close import MeasureJob, Measurement
+from factory_lib.cycle.plan import CyclePlan
+from factory_lib.data import load_splits
+from factory_lib.objective import Objective
+from factory_lib.records import TrialRecord
+from factory_lib.registry import Exports, ModelPackage
+from factory_lib.registry.card import ExportSummary
+
+# Seeds of a trial's re-measurements: far from the search's own trial seeds.
+SEED_STRIDE = 100_003
+EXPORT_SAMPLE = 256
+EXPORT_ARTIFACT = "exports (end step): .torchscript and .onnx bytes"
+
+
+def run_job(
+    plan: CyclePlan, job: MeasureJob, candidate: ModelPackage | None, concurrent_tasks: int = 1
+) -> Measurement:
+    """Do one measure job; a failed re-training or export is part of the measurement."""
+    if job.kind == "seeds":
+        assert job.record is not None
+        values = seed_values(plan.objective, job.record, job.seeds, concurrent_tasks)
+        return Measurement(job, values=values)
+    if job.kind == "export":
+        assert candidate is not None and candidate.trial_id == job.trial_id
+        exports, summary = export_or_note(candidate, plan.objective)
+        return Measurement(job, exports=exports, export_summary=summary)
+    return Measurement(job)
+
+
+def seed_values(
+    objective: Objective, record: TrialRecord, k: int, concurrent_tasks: int = 1
+) -> tuple[float, ...]:
+    """A trial's held-out metric, its own and over `k - 1` retrainings with other seeds."""
+    from factory_lib.train.group import train_group  # torch and Lightning: only where a job trains
+
+    copies = [
+        record.proposal.model_copy(
+            update={
+                "trial_id": f"{record.trial_id}-s{j}",
+                "seed": (record.proposal.seed + SEED_STRIDE * j) % 2**31,
+                # from scratch to the same epochs: what continuing from a checkpoint equals
+                "continues": None,
+                "checkpoint": None,
+            }
+        )
+        for j in range(1, k)
+    ]
+    metric = objective.promotion_metric
+    own = record.result.evaluation.metrics("test")[metric] if record.result.evaluation else None
+    again = [
+        o.result.evaluation.metrics("test")[metric]
+        for o in train_group(objective, copies, concurrent_tasks=concurrent_tasks)
+        if o.result.status == "ok" and o.result.evaluation is not None
+    ]
+    return tuple(v for v in (own, *again) if v is not None)
+
+
+def export_or_note(
+    package: ModelPackage, objective: Objective
+) -> tuple[Exports | None, ExportSummary]:
+    """The champion's exports, checked against it on held-out data; or why there are none."""
+    from factory_lib.registry.export import ExportMismatch, export_champion  # torch
+
+    sample = load_splits(objective.data, objective.task).raw_x["test"][:EXPORT_SAMPLE]
+    try:
+        exports = export_champion(package, sample)
+    except ExportMismatch as exc:
+        return None, ExportSummary(error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - an export is a by-product: record why, keep the cycle
+        return None, ExportSummary(error=f"export failed: {type(exc).__name__}: {exc}"[:500])
+    return exports, ExportSummary(
+        formats=("torchscript", "onnx"),
+        max_abs_diff=exports.max_abs_diff,
+        tolerance=exports.tolerance,
+        artifact=EXPORT_ARTIFACT,
+    )

@@ -1,0 +1,193 @@
+"""A cycle's beginning: the plan from the latest successful cycle, the proposals, the groups.
+
+The start and propose steps call these; they import neither torch nor Lightning.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from factory_lib.data.describe import describe_data
+from factory_lib.data.splits import DataSummary, Preprocessing
+from factory_lib.fidelity import promotions
+from factory_lib.history import CycleState
+from factory_lib.objective import Objective
+from factory_lib.propose.base import renumber, seen_by_proposers
+from factory_lib.propose.llm.client import KEY_VARIABLE, LLMProposer, LLMReport
+from factory_lib.propose.mix import Mix, llm_mix
+from factory_lib.propose.optuna_proposer import OptunaProposer
+from factory_lib.records import Proposal, TrialRecord, TrialResult
+from factory_lib.registry.gate import Champion
+from factory_lib.runs.client import latest_cycle
+from factory_lib.train.prune import Curves, history_curves
+
+if TYPE_CHECKING:
+    pass
+
+# Seeds of a trial's re-measurements: far from the search's own trial seeds.
+SEED_STRIDE = 100_003
+EXPORT_SAMPLE = 256
+
+
+class BudgetSpent(RuntimeError):
+    """The objective's budget allows no more cycles."""
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    """Everything a cycle starts from: the effective objective and what earlier cycles left."""
+
+    objective: Objective
+    cycle: int
+    data: DataSummary
+    preprocessing: Preprocessing | None
+    previous: CycleState | None
+    notices: tuple[str, ...] = ()
+    warm_start: tuple[TrialRecord, ...] = ()  # history of `proposers.warm_start`'s objective
+
+    @property
+    def history(self) -> tuple[TrialRecord, ...]:
+        return self.previous.history if self.previous else ()
+
+    @property
+    def champion(self) -> Champion | None:
+        return self.previous.champion if self.previous else None
+
+    @property
+    def llm_usd_total(self) -> float:
+        return self.previous.llm_usd_total if self.previous else 0.0
+
+
+@dataclass(frozen=True)
+class ProposalBatch:
+    """A cycle's proposals, the mix that split them and what the LLM proposer reported."""
+
+    proposals: tuple[Proposal, ...]
+    mix: Mix | None
+    llm_report: LLMReport | None
+
+    @property
+    def notices(self) -> tuple[str, ...]:
+        return self.llm_report.notices if self.llm_report else ()
+
+
+def plan_cycle(
+    objective: Objective, flow_name: str, run_id: str | None, fresh: bool = False
+) -> CyclePlan:
+    """Find the previous cycle (unless `fresh`), check the budget and describe the data."""
+    previous = None if fresh else latest_cycle(flow_name, objective.name, exclude_run=run_id)
+    cycle = previous.cycle + 1 if previous else 1
+    if cycle > objective.budget.max_cycles:
+        raise BudgetSpent(
+            f"objective {objective.name!r} has run {cycle - 1} cycles of its budget.max_cycles="
+            f"{objective.budget.max_cycles}: raise the budget or start with --fresh"
+        )
+    data, preprocessing = describe_data(objective)
+    notices = []
+    if objective.proposers.llm is not None and not os.environ.get(KEY_VARIABLE):
+        notices.append(
+            f"LLM proposer off: {KEY_VARIABLE} is not set, so this cycle runs on Optuna alone "
+            f"({objective.proposers.sampler}). Set it to let Claude propose."
+        )
+    warm: tuple[TrialRecord, ...] = ()
+    if objective.proposers.warm_start:
+        other = latest_cycle(flow_name, objective.proposers.warm_start)
+        warm = other.history if other else ()
+        notices.append(
+            f"warm start: the Optuna study is seeded with {len(warm)} trials of objective "
+            f"{objective.proposers.warm_start!r} ({other.run_pathspec})"
+            if other
+            else f"warm start: objective {objective.proposers.warm_start!r} has no finished "
+            "cycle yet, so this cycle starts cold"
+        )
+    return CyclePlan(
+        objective=objective,
+        cycle=cycle,
+        data=data,
+        preprocessing=preprocessing,
+        previous=previous,
+        notices=tuple(notices),
+        warm_start=warm,
+    )
+
+
+def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
+    """The cycle's proposals: fidelity promotions due first, then the LLM's share of the other
+    slots, and Optuna fills the rest."""
+    objective = plan.objective
+    seen = seen_by_proposers(objective, plan.history)
+    promoted = promotions(objective, plan.history, plan.cycle)[: objective.budget.trials_per_cycle]
+    n = objective.budget.trials_per_cycle - len(promoted)
+    first = len(plan.history)
+    mix, report = None, None
+    from_llm: list[Proposal] = []
+    if objective.proposers.llm is not None and (
+        llm_client is not None or os.environ.get(KEY_VARIABLE)
+    ):
+        mix = llm_mix(objective.proposers.llm, plan.history)
+        n_llm, _ = mix.split(n)
+        if n_llm:
+            llm = LLMProposer(
+                objective,
+                plan.data.input_shape,
+                plan.data.n_outputs,
+                plan.llm_usd_total,
+                llm_client,
+            )
+            from_llm = llm.propose(objective, seen, n_llm, plan.cycle, first)
+            report = llm.report
+    from_optuna = OptunaProposer(objective).propose(
+        objective,
+        seen,
+        n - len(from_llm),
+        plan.cycle,
+        first + len(from_llm),
+        pending=from_llm,
+        warm=seen_by_proposers(objective, plan.warm_start),
+    )
+    proposals = [*promoted, *renumber(objective, [*from_llm, *from_optuna], first)]
+    return ProposalBatch(proposals=tuple(proposals), mix=mix, llm_report=report)
+
+
+def group_trials(
+    proposals: Sequence[Proposal], size: int | str, most: int | None = None
+) -> list[tuple[Proposal, ...]]:
+    """Split proposals into foreach groups of at most `size` trials each, and never more than
+    `most` (the trials a train task's timeout allows for).
+
+    `auto` makes one group per CPU core of this machine (process start-up and imports are then
+    paid once per core, not once per trial); set a number for remote GPUs.
+    """
+    if not proposals:
+        return []
+    if size == "auto":
+        size = -(-len(proposals) // min(len(proposals), os.cpu_count() or 1))
+    n = min(int(size), most) if most else int(size)
+    return [tuple(proposals[i : i + n]) for i in range(0, len(proposals), n)]
+
+
+def results_from_task(
+    group: Sequence[Proposal], results: Sequence[TrialResult] | None, error: Any
+) -> list[TrialResult]:
+    """A train task's results; if the task itself failed, a record for each of its trials."""
+    if results is not None and error is None:
+        return list(results)
+    done = {r.proposal.trial_id: r for r in results or ()}
+    kind = getattr(error, "type", type(error).__name__)
+    status = "timeout" if "Timeout" in str(kind) else "failed"
+    cause = f"train task failed: {kind}: {getattr(error, 'exception', error)}"[:500]
+    return [
+        done.get(p.trial_id) or TrialResult(proposal=p, status=status, cause=cause) for p in group
+    ]
+
+
+def pruning_curves(plan: CyclePlan, storage: str | None, run_id: str) -> Curves:
+    """What a train task's trials are pruned against: history's curves (of trials that
+    trained, completed or pruned) and, with a shared Optuna `storage` in the deployment, this
+    cycle's trials in other tasks as they train."""
+    return Curves(
+        history_curves(plan.history), storage, study=f"{plan.objective.name}-curves-{run_id}"
+    )

@@ -1,0 +1,151 @@
+"""`factory loop`: chained cycles through metaflow.Runner, with a line per finished trial."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from factory_lib.history import CycleState, state_of
+from factory_lib.objective import Objective, check_user_code, load_objective, objective_path
+from factory_lib.runs.client import FLOW_NAME
+
+FLOW_FILE = Path(__file__).resolve().parents[2] / "flows" / "cycle.py"
+
+
+def objective_file(args: argparse.Namespace) -> Path:
+    """The objective file a command names (`--config PATH`, or `--objective NAME`)."""
+    return Path(args.config) if args.config else objective_path(args.objective)
+
+
+def load_checked(path: Path) -> Objective:
+    """The objective at `path`, validated, with its user code importable."""
+    objective = load_objective(path)
+    check_user_code(objective, str(path))
+    return objective
+
+
+def _progress_line(i: int, n: int, data: CycleState, seconds: float) -> str:
+    counts: dict[str, int] = {}
+    for r in data.records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    status = ", ".join(f"{c} {s}" for s, c in sorted(counts.items()))
+    eligible = [r.val_reward for r in data.history if r.eligible and r.val_reward is not None]
+    best = f"{max(eligible):.4f}" if eligible else "none"
+    champion = data.champion.trial_id if data.champion else "none"
+    decision = data.decision.status if data.decision else "?"
+    return (
+        f"[{i}/{n}] cycle {data.cycle}: {len(data.records)} trials ({status}) | "
+        f"best val reward {best} | {decision}, champion {champion} | {seconds:.0f} s"
+    )
+
+
+# The train step's line for a finished trial, e.g. "[c002-t05] ok" or "[c002-t01] failed (...)"
+TRIAL_DONE = re.compile(r"\[(c\d+-t\d+)\] (ok|failed|diverged|timeout|pruned)\b")
+
+
+@dataclass
+class _TrialWatch:
+    """Live progress of a running cycle, from the trial lines in its output."""
+
+    prefix: str
+    expected: int
+    best_before: float | None
+    finished: int = 0
+
+    def line(self, text: str) -> str | None:
+        """A progress line for a finished trial's output line; None for any other line."""
+        found = TRIAL_DONE.search(text)
+        if found is None:
+            return None
+        self.finished += 1
+        best = f"{self.best_before:.4f}" if self.best_before is not None else "none yet"
+        return (
+            f"  {self.prefix} trial {found[1]} {found[2]}: {self.finished} of {self.expected} "
+            f"finished | best val reward before this cycle {best}"
+        )
+
+
+@dataclass(frozen=True)
+class _CycleOutcome:
+    status: str
+    run: Any
+    stderr_tail: str
+
+
+async def _run_cycle(
+    args: argparse.Namespace, path: Path, params: dict[str, Any], watch: _TrialWatch
+) -> _CycleOutcome:
+    """Run one cycle through Runner, printing a line as each trial finishes."""
+    from metaflow.runner.metaflow_runner import Runner
+
+    async with Runner(str(args.flow), config=[("objective", str(path))]) as runner:
+        running = await runner.async_run(**params)
+        # Metaflow annotates stream_log as a plain Iterator; it is an async generator.
+        async for _, text in running.stream_log("stdout"):  # type: ignore[attr-defined]
+            progress = watch.line(text)
+            if args.verbose:
+                print(text, flush=True)
+            elif progress is not None:
+                print(progress, flush=True)
+        await running.wait()
+        return _CycleOutcome(running.status, running.run, running.stderr[-4000:])
+
+
+def loop(args: argparse.Namespace) -> int:
+    """Run up to N chained cycles; stop early on budget or on `patience` cycles of no gain."""
+    import torch  # noqa: F401  before Runner: Metaflow's vendored typing_extensions (#2462)
+
+    from factory_lib.runs.client import latest_cycle
+    from factory_lib.runs.env import ensure_metaflow_user
+
+    ensure_metaflow_user()  # before Metaflow reads its configuration
+    path = objective_file(args)
+    objective = load_checked(path)
+    budget = objective.budget
+    if args.drift_data:
+        from factory_lib.ops.drift import check_drift, load_labelled
+
+        report = check_drift(objective.name, *load_labelled(args.drift_data), FLOW_NAME)
+        print("\n".join(report.lines()))
+        if not report.warranted:
+            print("stop: no drift, no cycle started")
+            return 0
+    print(f"factory loop: {objective.name} ({path}), up to {args.cycles} cycles", flush=True)
+    for i in range(1, args.cycles + 1):
+        fresh = args.fresh and i == 1
+        state = None if fresh else latest_cycle(FLOW_NAME, objective.name)
+        if state is not None and state.cycle >= budget.max_cycles:
+            print(f"stop: budget spent ({state.cycle} of budget.max_cycles={budget.max_cycles})")
+            return 0
+        params: dict[str, Any] = {"trials": args.trials, "epochs": args.epochs}
+        if fresh:
+            params["fresh"] = True
+        if args.max_workers:
+            params["max_workers"] = args.max_workers
+        started = time.monotonic()
+        rewards = [r.val_reward for r in state.history if r.eligible] if state else []
+        best = max((v for v in rewards if v is not None), default=None)
+        watch = _TrialWatch(
+            f"[{i}/{args.cycles}]", args.trials or objective.budget.trials_per_cycle, best
+        )
+        outcome = asyncio.run(_run_cycle(args, path, params, watch))
+        if outcome.status != "successful":
+            print(outcome.stderr_tail, file=sys.stderr)
+            print(
+                f"cycle {i} failed: fix the cause, then `python {args.flow} resume` reruns "
+                "only what did not finish",
+                file=sys.stderr,
+            )
+            return 1
+        data = state_of(outcome.run["end"].task.data, outcome.run.pathspec)
+        print(_progress_line(i, args.cycles, data, time.monotonic() - started), flush=True)
+        if data.stale_cycles >= budget.patience:
+            print(f"stop: no better reward for {data.stale_cycles} cycles (budget.patience)")
+            return 0
+    return 0

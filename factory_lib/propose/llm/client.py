@@ -1,0 +1,332 @@
+"""Claude as a proposer: the Messages API call, its costs and its report.
+
+The invalid proposals of an answer get one repair round with the errors, and what is still
+invalid is dropped with its reason recorded. The API key is read by the SDK from the
+environment and never stored. Any API failure (no key, 401/403, 429/529/5xx after the SDK's
+bounded retries honouring retry-after, timeouts) ends the LLM's part of the cycle with a
+notice; Optuna fills its slots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from string import Template
+from typing import Any
+
+import anthropic
+from anthropic.types import MessageParam, TextBlockParam
+from pydantic import BaseModel, ConfigDict
+
+from factory_lib.objective import (
+    LLMSpec,
+    Objective,
+    PriceSpec,
+)
+from factory_lib.propose.base import SeenTrial, make_proposal
+from factory_lib.propose.llm.prompt import (
+    CHARS_PER_TOKEN_ESTIMATE,
+    describe_objective,
+    history_view,
+    prompt_fingerprint,
+    prompt_text,
+)
+from factory_lib.propose.llm.schema import (
+    FORCED_TOOL,
+    REJECTED_PARAMS_MAX_CHARS,
+    check_params,
+    tool_input,
+    tool_schema,
+)
+from factory_lib.records import Proposal, params_key
+
+KEY_VARIABLE = "ANTHROPIC_API_KEY"
+# List prices in US dollars per million tokens, by model family; `proposers.llm.price` overrides.
+PRICES: dict[str, PriceSpec] = {
+    "claude-opus": PriceSpec(input=5.0, output=25.0),
+    "claude-sonnet": PriceSpec(input=3.0, output=15.0),
+    "claude-haiku": PriceSpec(input=1.0, output=5.0),
+}
+
+
+class LLMCall(BaseModel):
+    """One Messages API call: its purpose, tokens, cost and how it ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    purpose: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    usd: float = 0.0
+    seconds: float = 0.0
+    error: str = ""
+
+
+class Rejected(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    params: str
+    reason: str
+
+
+class LLMReport(BaseModel):
+    """What the LLM proposer did this cycle; no key, no prompt text, no test metric."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    prompt_fingerprint: str
+    asked: int
+    accepted: int = 0
+    calls: tuple[LLMCall, ...] = ()
+    rejected: tuple[Rejected, ...] = ()
+    notices: tuple[str, ...] = ()
+
+    @property
+    def usd(self) -> float:
+        return sum(c.usd for c in self.calls)
+
+
+def price_of(spec: LLMSpec) -> PriceSpec:
+    if spec.price is not None:
+        return spec.price
+    for prefix, price in PRICES.items():
+        if spec.model.startswith(prefix):
+            return price
+    return PRICES["claude-opus"]  # unknown model: assume the dearest family, never undercount
+
+
+def cost_usd(price: PriceSpec, usage: Any) -> LLMCall:
+    """Tokens and dollars of one response's `usage`."""
+    tokens = {
+        "input_tokens": usage.input_tokens or 0,
+        "output_tokens": usage.output_tokens or 0,
+        "cache_write_tokens": getattr(usage, "cache_creation_input_tokens", None) or 0,
+        "cache_read_tokens": getattr(usage, "cache_read_input_tokens", None) or 0,
+    }
+    write = price.cache_write if price.cache_write is not None else 1.25 * price.input
+    read = price.cache_read if price.cache_read is not None else 0.1 * price.input
+    usd = (
+        tokens["input_tokens"] * price.input
+        + tokens["output_tokens"] * price.output
+        + tokens["cache_write_tokens"] * write
+        + tokens["cache_read_tokens"] * read
+    ) / 1e6
+    return LLMCall(purpose="", usd=usd, **tokens)
+
+
+class LLMProposer:
+    """Proposes through Claude; keeps a report of calls, costs and rejections in `report`."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        input_shape: Sequence[int],
+        n_outputs: int,
+        spent_usd: float = 0.0,
+        client: anthropic.Anthropic | None = None,
+    ) -> None:
+        assert objective.proposers.llm is not None, "LLMProposer needs proposers.llm"
+        self.spec = objective.proposers.llm
+        self.name = f"llm:{self.spec.model}"
+        self.objective = objective
+        self.described = describe_objective(objective, input_shape, n_outputs)
+        self.spent_before = spent_usd
+        self._client = client
+        self.report = LLMReport(
+            model=self.spec.model, prompt_fingerprint=prompt_fingerprint(), asked=0
+        )
+
+    def _client_or_none(self) -> anthropic.Anthropic | None:
+        if self._client is None and os.environ.get(KEY_VARIABLE):
+            self._client = anthropic.Anthropic(
+                max_retries=self.spec.max_retries, timeout=self.spec.timeout_s
+            )
+        return self._client
+
+    def _system(self) -> list[TextBlockParam]:
+        return [
+            {"type": "text", "text": prompt_text("system")},
+            # The objective is the same every cycle: cache everything up to here.
+            {
+                "type": "text",
+                "text": json.dumps(self.described, indent=1),
+                "cache_control": {"type": "ephemeral"},
+            },
+        ]
+
+    def _affordable(self, messages: list[MessageParam], calls: list[LLMCall]) -> str | None:
+        """Why a call would break the LLM budget, or None when it fits."""
+        price = price_of(self.spec)
+        size = len(
+            json.dumps([self._system(), messages, tool_schema(self.objective, 1)], default=str)
+        )
+        worst = (
+            size / CHARS_PER_TOKEN_ESTIMATE * price.input + self.spec.max_tokens * price.output
+        ) / 1e6
+        cycle = sum(c.usd for c in calls)
+        if cycle + worst > self.spec.max_usd_per_cycle:
+            return (
+                f"a call could cost ${worst:.3f} and this cycle's LLM budget is "
+                f"${self.spec.max_usd_per_cycle:.2f} (spent ${cycle:.3f})"
+            )
+        if self.spent_before + cycle + worst > self.spec.max_usd_total:
+            spent = self.spent_before + cycle
+            total = self.spec.max_usd_total
+            return f"the search's LLM budget of ${total:.2f} is nearly spent (${spent:.3f})"
+        return None
+
+    def _call(
+        self, client: anthropic.Anthropic, messages: list[MessageParam], n: int, purpose: str
+    ) -> tuple[Any, LLMCall]:
+        started = time.monotonic()
+        try:
+            response = client.messages.create(
+                model=self.spec.model,
+                max_tokens=self.spec.max_tokens,
+                system=self._system(),
+                tools=[tool_schema(self.objective, n)],
+                tool_choice=FORCED_TOOL,
+                messages=messages,
+            )
+        except anthropic.APIError as exc:
+            return None, LLMCall(
+                purpose=purpose, seconds=time.monotonic() - started, error=_api_error(exc)
+            )
+        call = cost_usd(price_of(self.spec), response.usage).model_copy(
+            update={"purpose": purpose, "seconds": time.monotonic() - started}
+        )
+        return response, call
+
+    def propose(
+        self, objective: Objective, seen: Sequence[SeenTrial], n: int, cycle: int, first_number: int
+    ) -> list[Proposal]:
+        """Up to `n` validated proposals; `self.report` says what happened."""
+        notices: list[str] = []
+        calls: list[LLMCall] = []
+        rejected: list[Rejected] = []
+        accepted: list[tuple[dict[str, Any], str]] = []
+        client = self._client_or_none()
+        tried = {t.key: t.trial_id for t in seen}
+        if client is None:
+            notices.append(
+                f"LLM proposer off: {KEY_VARIABLE} is not set; Optuna proposes every trial"
+            )
+        history = json.dumps(history_view(objective, self.spec, seen), indent=1, default=str)
+        messages: list[MessageParam] = [
+            {
+                "role": "user",
+                "content": Template(prompt_text("request")).substitute(
+                    cycle=cycle, n=n, history=history
+                ),
+            }
+        ]
+        for purpose in ("propose", "repair"):
+            if client is None or len(accepted) >= n:
+                break
+            too_dear = self._affordable(messages, calls)
+            if too_dear:
+                notices.append(f"LLM proposer stopped: {too_dear}")
+                break
+            response, call = self._call(client, messages, n - len(accepted), purpose)
+            calls.append(call)
+            if response is None:
+                notices.append(
+                    f"LLM proposer failed ({call.error}); Optuna fills its slots this cycle"
+                )
+                break
+            items, problem = tool_input(response)
+            errors: list[str] = [problem] if problem else []
+            for i, item in enumerate(items or []):
+                item_errors, clean, rationale = self._check_item(objective, item, tried)
+                if item_errors:
+                    errors += [f"proposal {i + 1}: {e}" for e in item_errors]
+                    rejected.append(
+                        Rejected(
+                            params=json.dumps(item, default=str)[:REJECTED_PARAMS_MAX_CHARS],
+                            reason="; ".join(item_errors),
+                        )
+                    )
+                elif len(accepted) < n:
+                    tried[params_key({**clean, **objective.fixed})] = "this answer"
+                    accepted.append((clean, rationale))
+            if not errors:
+                break
+            tool_use = next(
+                (b for b in response.content if getattr(b, "type", "") == "tool_use"), None
+            )
+            repair = Template(prompt_text("repair")).substitute(
+                errors="\n".join(f"- {e}" for e in errors), n=n - len(accepted)
+            )
+            messages = [
+                *messages,
+                {"role": "assistant", "content": response.content},
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": tool_use.id,
+                            "content": repair,
+                            "is_error": True,
+                        }
+                    ]
+                    if tool_use is not None
+                    else repair,
+                },
+            ]
+        if rejected:
+            notices.append(
+                f"LLM proposer: {len(rejected)} invalid proposal(s) dropped (reasons in the report)"
+            )
+        self.report = self.report.model_copy(
+            update={
+                "asked": n,
+                "accepted": len(accepted),
+                "calls": tuple(calls),
+                "rejected": tuple(rejected),
+                "notices": tuple(notices),
+            }
+        )
+        return [
+            make_proposal(objective, cycle, first_number + i, i, params, self.name, rationale)
+            for i, (params, rationale) in enumerate(accepted)
+        ]
+
+    def _check_item(
+        self, objective: Objective, item: Any, tried: dict[str, str]
+    ) -> tuple[list[str], dict[str, Any], str]:
+        if not isinstance(item, dict):
+            return [f"a proposal must be an object, got {type(item).__name__}"], {}, ""
+        unknown = sorted(set(item) - {"params", "rationale"})
+        errors = [f"unknown key {k!r}" for k in unknown]
+        rationale = item.get("rationale")
+        if not isinstance(rationale, str) or not rationale.strip():
+            errors.append("a rationale is required")
+        clean, param_errors = check_params(
+            objective,
+            item.get("params"),
+            self.described["data"]["input_shape"],
+            self.described["data"]["n_outputs"],
+        )
+        errors += param_errors
+        if not errors:
+            earlier = tried.get(params_key({**clean, **objective.fixed}))
+            if earlier is not None:
+                errors.append(f"repeats a configuration already tried ({earlier})")
+        return errors, clean, rationale.strip() if isinstance(rationale, str) else ""
+
+
+def _api_error(exc: anthropic.APIError) -> str:
+    """A short, key-free description of an API failure."""
+    if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
+        return f"HTTP {exc.status_code}: the API refused the key; check {KEY_VARIABLE}"
+    if isinstance(exc, anthropic.APITimeoutError):
+        return "timed out after the SDK's retries"
+    if isinstance(exc, anthropic.APIStatusError):
+        return f"HTTP {exc.status_code} after the SDK's retries: {type(exc).__name__}"
+    return f"{type(exc).__name__}: could not reach the API"

@@ -1,0 +1,220 @@
+"""The tool Claude answers through: its input schema is the search space; answers are checked.
+
+The answer is untrusted data. Every proposal is validated (types, bounds, choices, conditions,
+unknown keys, repeats of tried trials); nothing in it is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from anthropic.types import ToolChoiceToolParam, ToolParam
+
+from factory_lib.models.grammar import canonical, check
+from factory_lib.objective import (
+    CategoricalParam,
+    FloatParam,
+    GrammarSpec,
+    IntParam,
+    Objective,
+)
+from factory_lib.propose.optuna_proposer import uses_arch
+
+TOOL_NAME = "propose_trials"
+FORCED_TOOL: ToolChoiceToolParam = {"type": "tool", "name": TOOL_NAME}
+
+
+REJECTED_PARAMS_MAX_CHARS = 300
+
+
+def _param_schema(p: FloatParam | IntParam | CategoricalParam) -> dict[str, Any]:
+    if isinstance(p, FloatParam):
+        schema: dict[str, Any] = {"type": "number", "minimum": p.low, "maximum": p.high}
+        if p.log:
+            schema["description"] = "log scale"
+    elif isinstance(p, IntParam):
+        schema = {"type": "integer", "minimum": p.low, "maximum": p.high}
+        if p.step != 1:
+            schema["multipleOf"] = p.step
+    else:
+        schema = {"enum": list(p.choices)}
+    if p.when:
+        conditions = " and ".join(f"{k} = {v!r}" for k, v in p.when.items())
+        schema["description"] = (schema.get("description", "") + f"; only when {conditions}").strip(
+            "; "
+        )
+    return schema
+
+
+def _architecture_schema(grammar: GrammarSpec, families: tuple[str, ...]) -> dict[str, Any]:
+    block = {
+        "type": {"enum": list(grammar.blocks)},
+        "units": {"type": "integer", "minimum": grammar.units[0], "maximum": grammar.units[1]},
+        "channels": {
+            "type": "integer",
+            "minimum": grammar.channels[0],
+            "maximum": grammar.channels[1],
+        },
+        "kernel": {"enum": list(grammar.kernels)},
+        "fn": {"enum": list(grammar.activations)},
+        "p": {"type": "number", "minimum": 0, "maximum": grammar.max_dropout},
+    }
+    when = "" if families == ("arch",) else "only when family = 'arch'; "
+    return {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": grammar.max_depth,
+        "items": {
+            "type": "object",
+            "properties": block,
+            "required": ["type"],
+            "additionalProperties": False,
+        },
+        "description": (
+            f"{when}the network as blocks in order: linear{{units}}, conv{{channels, kernel}}, "
+            "norm, activation{fn}, dropout{p}, residual (same-width skip), pool (2x2 max); "
+            f"a linear head to the outputs is appended; at most {grammar.max_params} parameters"
+        ),
+    }
+
+
+def tool_schema(objective: Objective, n: int) -> ToolParam:
+    """The tool the model must call: its input schema is generated from the search space."""
+    params = {name: _param_schema(p) for name, p in objective.search_space.items()}
+    always = [name for name, p in objective.search_space.items() if not p.when]
+    if objective.model.grammar is not None:
+        if objective.model.families == ("arch",):
+            always.append("architecture")
+        params["architecture"] = _architecture_schema(
+            objective.model.grammar, objective.model.families
+        )
+    return {
+        "name": TOOL_NAME,
+        "description": "Submit the next trials of the search, each with a rationale.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "proposals": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": n,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "params": {
+                                "type": "object",
+                                "properties": params,
+                                "required": always,
+                                "additionalProperties": False,
+                            },
+                            "rationale": {"type": "string", "minLength": 1},
+                        },
+                        "required": ["params", "rationale"],
+                        "additionalProperties": False,
+                    },
+                }
+            },
+            "required": ["proposals"],
+        },
+    }
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def check_params(
+    objective: Objective, params: Any, input_shape: Sequence[int] = (), n_outputs: int = 1
+) -> tuple[dict[str, Any], list[str]]:
+    """Validate one proposal's params against the search space; returns (clean, errors).
+
+    An `architecture` (family `arch`) is checked against the grammar and the data's shape,
+    parameter cap included, and kept in its canonical string form.
+    """
+    if not isinstance(params, dict):
+        return {}, [f"params must be an object, got {type(params).__name__}"]
+    allowed = {*objective.search_space, *objective.fixed, "architecture"}
+    errors = [f"unknown parameter {k!r}" for k in params if k not in allowed]
+    errors += [
+        f"{k!r} is fixed by the objective and cannot be proposed"
+        for k in params
+        if k in objective.fixed
+    ]
+    clean: dict[str, Any] = {}
+    for name, p in objective.search_space.items():
+        applies = all(clean.get(dep) == value for dep, value in (p.when or {}).items())
+        if not applies:
+            if name in params:
+                errors.append(f"{name!r} does not apply unless {p.when}")
+            continue
+        if name not in params:
+            errors.append(f"missing parameter {name!r}")
+            continue
+        value = params[name]
+        if isinstance(p, FloatParam):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                errors.append(f"{name}={value!r} is not a number")
+            elif not p.low <= value <= p.high:
+                errors.append(f"{name}={value} is outside [{p.low}, {p.high}]")
+            else:
+                clean[name] = float(value)
+        elif isinstance(p, IntParam):
+            as_int = _as_int(value)
+            if as_int is None:
+                errors.append(f"{name}={value!r} is not an integer")
+            elif not p.low <= as_int <= p.high or (as_int - p.low) % p.step:
+                errors.append(f"{name}={as_int} is outside [{p.low}, {p.high}] (step {p.step})")
+            else:
+                clean[name] = as_int
+        else:
+            match = [
+                c
+                for c in p.choices
+                if c == value and isinstance(c, bool) == isinstance(value, bool)
+            ]
+            if not match:
+                errors.append(f"{name}={value!r} is not one of {list(p.choices)}")
+            else:
+                clean[name] = match[0]
+    grammar = objective.model.grammar
+    if grammar is not None and uses_arch(objective, clean):
+        blocks, arch_errors = check(
+            params.get("architecture"), grammar, tuple(input_shape), n_outputs
+        )
+        errors += [f"architecture: {e}" for e in arch_errors]
+        if not arch_errors:
+            clean["architecture"] = canonical(blocks)
+    elif "architecture" in params:
+        errors.append("'architecture' applies only to the 'arch' family")
+    return clean, errors
+
+
+def tool_input(response: Any) -> tuple[Any, str | None]:
+    """The tool call's proposals, or why the answer has none."""
+    calls = [
+        b for b in response.content if getattr(b, "type", "") == "tool_use" and b.name == TOOL_NAME
+    ]
+    if not calls:
+        return None, f"the answer did not call {TOOL_NAME}"
+    raw = calls[0].input.get("proposals") if isinstance(calls[0].input, dict) else None
+    if isinstance(raw, str):  # a model may put JSON text where the array belongs
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            return None, f"proposals is not valid JSON: {exc.msg} at character {exc.pos}"
+    if not isinstance(raw, list):
+        return None, "proposals must be an array"
+    return raw, None

@@ -1,0 +1,13 @@
+"""Runs: everything that reads or writes Metaflow runs (the Client API), and nothing else does.
+
+- `client`: a search's cycles (by the run tag `objective:<name>`), the one reader of a cycle's
+  end artifacts (`read_cycle` → `CycleState`), stored checkpoints.
+- `champions`: `load_champion`, earlier versions, the promotion log, registry decisions as tags.
+- `env`: a Metaflow user name and local worker defaults, set before Metaflow is imported.
+- `deploy`: the deployment file and the `deployed` flow mutator (schedule, chaining, secrets).
+"""
+
+from factory_lib.runs.champions import load_champion, load_version, versions
+from factory_lib.runs.client import latest_cycle, read_cycle
+
+__all__ = ["latest_cycle", "load_champion", "load_version", "read_cycle", "versions"]
