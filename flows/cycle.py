@@ -1,12 +1,14 @@
 """CycleFlow: one run is one cycle of the dark factory.
 
-    start ─► propose ─► train (foreach group) ─► join ─► measure (foreach job) ─► decide ─► end
+    start ─► propose ─► train (foreach group) ─► join ─► gate ─► measure (foreach job) ─► decide
+          ─► end
 
     start    validate the objective, pick up the latest successful cycle of it, check the budget
     propose  ask the proposers for this cycle's trials (they see validation numbers only)
     train    one Lightning fit per trial; every outcome, crash included, becomes a record;
              under successive halving the group's best continue from their checkpoints
-    join     score and flag, extend the append-only history, list what the gate needs measured
+    join     score and flag every trial, extend the append-only history
+    gate     list what the promotion gate needs measured, and fan it out
     measure  with train's resources: re-train the challenger (and the champion) over seeds,
              export the challenger; a task with nothing to do imports no Lightning
     decide   the champion/challenger gate on those measurements, a new champion's model card
@@ -211,8 +213,8 @@ class CycleFlow(FlowSpec):
 
     @step
     def join(self, inputs: Any) -> None:
-        """Score every trial, extend history and list what the promotion gate must measure."""
-        from factory_lib.cycle.close import measure_jobs, score_cycle
+        """Score and flag every trial and extend the append-only history."""
+        from factory_lib.cycle.close import score_cycle
         from factory_lib.cycle.plan import results_from_task
 
         self.merge_artifacts(inputs, include=["plan", "proposals", "mix", "llm_report"])
@@ -228,6 +230,13 @@ class CycleFlow(FlowSpec):
         }
         self.scored = score_cycle(self.plan, results, weights.__getitem__)
         self.records, self.history = self.scored.records, self.scored.history
+        self.next(self.gate)
+
+    @step
+    def gate(self) -> None:
+        """List what the promotion gate must measure and fan it out (a join cannot split)."""
+        from factory_lib.cycle.close import measure_jobs
+
         self.measure_jobs = measure_jobs(self.plan, self.scored)
         print("; ".join(job.describe() for job in self.measure_jobs))
         self.next(self.measure, foreach="measure_jobs")
