@@ -42,9 +42,10 @@ ensure_metaflow_user()
 local_worker_default(sys.argv)
 
 from collections.abc import Callable  # noqa: E402
-from typing import Any, TypeVar  # noqa: E402
+from typing import Any, TypeVar, cast  # noqa: E402
 
-from metaflow import (  # noqa: E402
+# Metaflow adds its step decorators (card, catch, ...) when imported: mypy cannot see them.
+from metaflow import (  # type: ignore[attr-defined]  # noqa: E402
     Config,
     FlowSpec,
     Parameter,
@@ -148,7 +149,7 @@ class CycleFlow(FlowSpec):
         "fresh",
         type=bool,
         default=False,
-        is_flag=True,
+        is_flag=True,  # type: ignore[arg-type]  # Metaflow annotates **kwargs as a dict
         help="start a new search instead of continuing",
     )
 
@@ -158,9 +159,11 @@ class CycleFlow(FlowSpec):
         from factory_lib.cycle.plan import plan_cycle
 
         spec = Objective.model_validate(self.objective.to_dict()).with_overrides(
-            self.trials, self.epochs
+            cast(int, self.trials), cast(int, self.epochs)
         )
-        self.plan = plan_cycle(spec, current.flow_name, current.run_id, fresh=self.fresh)
+        self.plan = plan_cycle(
+            spec, str(current.flow_name), current.run_id, fresh=cast(bool, self.fresh)
+        )
         print(f"{spec.name}: cycle {self.plan.cycle}, {len(self.plan.history)} earlier trials")
         for notice in self.plan.notices:
             print(notice)
@@ -187,17 +190,18 @@ class CycleFlow(FlowSpec):
     def train(self) -> None:
         """Train and evaluate this group's trials; each outcome becomes a TrialResult."""
         from factory_lib.cycle.plan import pruning_curves
+        from factory_lib.records import Proposal
         from factory_lib.runs.client import stored_checkpoint
         from factory_lib.train.group import train_group
 
-        self.group = self.input
+        self.group = cast(tuple[Proposal, ...], self.input)
         outputs = train_group(
             self.plan.objective,
             self.group,
             current.pathspec,
             concurrent_tasks=len(self.trial_groups),
             references=pruning_curves(
-                self.plan, self.deployment.to_dict().get("optuna_storage"), current.run_id
+                self.plan, self.deployment.to_dict().get("optuna_storage"), str(current.run_id)
             ),
             history=self.plan.history,
             load_checkpoint=stored_checkpoint,
@@ -245,11 +249,11 @@ class CycleFlow(FlowSpec):
     @step
     def measure(self) -> None:
         """Re-measure one trial over seeds, or export the challenger."""
+        from factory_lib.cycle.close import MeasureJob
         from factory_lib.cycle.measure import run_job
 
-        self.measurement = run_job(
-            self.plan, self.input, self.scored.candidate, len(self.measure_jobs)
-        )
+        job = cast(MeasureJob, self.input)
+        self.measurement = run_job(self.plan, job, self.scored.candidate, len(self.measure_jobs))
         self.next(self.decide)
 
     @step
@@ -291,7 +295,9 @@ class CycleFlow(FlowSpec):
         from factory_lib.runs.client import objective_tag
 
         pathspec = f"{current.flow_name}/{current.run_id}"
-        current.card["cycle"].extend(cycle_card(CycleView.of(state_of(self, pathspec))))
+        current.card["cycle"].extend(  # type: ignore[attr-defined]  # added by @card
+            cycle_card(CycleView.of(state_of(self, pathspec)))
+        )
         Run(pathspec).add_tag(objective_tag(self.plan.objective.name))
         print(f"{self.plan.objective.name}: cycle {self.cycle} done; {self.decision.reason}")
 
