@@ -221,7 +221,11 @@ class CycleFlow(FlowSpec):
         from factory_lib.cycle.close import score_cycle
         from factory_lib.cycle.plan import results_from_task
 
-        self.merge_artifacts(inputs, include=["plan", "proposals", "mix", "llm_report"])
+        # Each task pickles what it read again (set order varies by process), so Metaflow's
+        # merge_artifacts sees "conflicts" in identical values: take them from the first input.
+        first = inputs[0]
+        self.plan, self.proposals = first.plan, first.proposals
+        self.mix, self.llm_report = first.mix, first.llm_report
         results = [
             r
             for inp in inputs
@@ -261,7 +265,10 @@ class CycleFlow(FlowSpec):
         """Run the champion/challenger gate on the measurements; record the outcome."""
         from factory_lib.cycle.close import close_cycle
 
-        self.merge_artifacts(inputs, exclude=["measurement", "measure_error"])
+        first = inputs[0]  # what the join set, the same in every input (see join)
+        self.plan, self.proposals = first.plan, first.proposals
+        self.mix, self.llm_report = first.mix, first.llm_report
+        self.scored, self.records, self.history = first.scored, first.records, first.history
         outcome = close_cycle(
             self.plan,
             self.scored,
