@@ -38,7 +38,13 @@ def test_code_package_carries_factory_lib() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = set((proc.stdout + proc.stderr).split())  # Metaflow echoes the list to stderr
     assert "cycle.py" in files
-    for module in ("__init__", "cycle/plan", "train/group", "runs/deploy", "propose/optuna_proposer"):
+    for module in (
+        "__init__",
+        "cycle/plan",
+        "train/group",
+        "runs/deploy",
+        "propose/optuna_proposer",
+    ):
         assert f".mf_code/factory_lib/{module}.py" in files
 
 
