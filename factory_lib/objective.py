@@ -128,7 +128,7 @@ class DataSpec(_Strict):
 
 
 class GrammarSpec(_Strict):
-    """What an architecture of family `arch` may be built from (see factory_lib.architecture)."""
+    """What an architecture of family `arch` may be built from (see factory_lib.models.grammar)."""
 
     blocks: tuple[Block, ...] = BLOCKS
     max_depth: int = Field(default=12, ge=1, le=64)
@@ -225,7 +225,7 @@ class RewardSpec(_Strict):
 
 
 class PruningSpec(_Strict):
-    """Stop trials whose validation curve falls behind history's (factory_lib.prune)."""
+    """Stop trials whose validation curve falls behind history's (factory_lib.train.prune)."""
 
     rule: Literal["none", "percentile"] = "percentile"
     percentile: float = Field(default=50.0, gt=0, lt=100, description="50: the median rule")
@@ -314,7 +314,7 @@ class LLMSpec(_Strict):
     max_usd_per_cycle: float = Field(default=0.5, ge=0)
     max_usd_total: float = Field(default=10.0, ge=0)
     price: PriceSpec | None = Field(
-        default=None, description="default: factory_lib.propose.llm.PRICES"
+        default=None, description="default: factory_lib.propose.llm.client.PRICES"
     )
     show_best: int = Field(default=10, ge=1, description="best trials shown to the model")
     show_failures: int = Field(default=5, ge=0, description="recent failures shown to the model")

@@ -72,7 +72,7 @@ def run_cycle(
 
 
 def factory_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the `factory` command (as `python -m factory_lib.cli`) from the repo root."""
+    """Run the `factory` command (as `python -m factory_lib.ops.cli`) from the repo root."""
     return subprocess.run(
         [sys.executable, "-m", "factory_lib.ops.cli", *args],
         capture_output=True,

@@ -1,9 +1,9 @@
 """The cycle card: what one cycle tried, what worked, what it cost and why it decided.
 
 `cycle_card` turns a `CycleView` into Metaflow card components; the flow's end step appends
-them to its `@card(type="blank", id="cycle")`. Every number comes from `factory_lib.analysis`
-and every plot from `factory_lib.plots`, so the card, the notebook and `factory status` agree.
-Plots are embedded as PNGs: the card is one self-contained HTML file, viewable offline.
+them to its `@card(type="blank", id="cycle")`. Every number comes from `explore.analysis` and
+every plot from `explore.plots`, so the card, the notebook and `factory status` agree. Plots
+are embedded as PNGs: the card is one self-contained HTML file, viewable offline.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The factory's plots, drawn from `factory_lib.analysis` tables with matplotlib.
+"""The factory's plots, drawn from `factory_lib.explore.analysis` tables with matplotlib.
 
 The card embeds them as PNGs and the notebook shows them inline; both call these functions.
 The figures are built with the object-oriented API on a `Figure` (no pyplot state), so they

@@ -1,6 +1,7 @@
 """Reading runs: a search's cycles through the Client API, and the one reader of their artifacts.
 
-Only this package, the CLI's runner and `flows/` import Metaflow.
+Only this package, the cycle card, the CLI's runner and `flows/` import Metaflow (pyproject's
+import contracts hold it).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ turned into Metaflow's own flow decorators by the `deployed` mutator:
   that calls the model as an environment variable, never as an artifact.
 - `optuna_storage`: an Optuna storage every train task reaches (postgresql://..., redis://...,
   or a journal file path for tasks on one machine): trials are then also pruned against the
-  curves of this cycle's trials in other tasks as they train (factory_lib.prune.Curves).
+  curves of this cycle's trials in other tasks as they train (factory_lib.train.prune.Curves).
 
 Local runs ignore the first three; `optuna_storage` applies wherever the tasks run.
 """

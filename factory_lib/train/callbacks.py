@@ -18,7 +18,7 @@ class TrialDiverged(RuntimeError):
 
 
 class TrialPruned(RuntimeError):
-    """The trial's validation curve fell behind earlier trials' (factory_lib.prune)."""
+    """The trial's validation curve fell behind earlier trials' (factory_lib.train.prune)."""
 
 
 class TrialTimedOut(RuntimeError):
@@ -56,7 +56,7 @@ class Guard(L.Callback):
 
 class Pruner(L.Callback):
     """After each epoch's validation, report the curve and stop the trial if it fell behind
-    the other trials' (factory_lib.prune)."""
+    the other trials' (factory_lib.train.prune)."""
 
     def __init__(self, objective: Objective, references: Curves, trial_id: str) -> None:
         self.spec, self.references, self.trial_id = objective.pruning, references, trial_id
