@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from factory_lib.imports import ImportPathError, resolve
+
 BUNDLED_DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "iris")
 IMAGE_DATASETS = ("digits",)
 REGRESSION_DATASETS = ("diabetes",)
@@ -520,8 +522,6 @@ def parse_objective(text: str, source: str = "<objective>") -> Objective:
 
 def check_user_code(objective: Objective, source: str) -> None:
     """Import the user code an objective names, so a bad path fails before anything runs."""
-    from factory_lib.imports import ImportPathError, resolve
-
     for field, path in (
         ("data.module", objective.data.module),
         ("model.builder", objective.model.builder),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from factory_lib.data.describe import describe_data
 from factory_lib.data.splits import DataSummary, Preprocessing
@@ -23,13 +23,6 @@ from factory_lib.records import Proposal, TrialRecord, TrialResult
 from factory_lib.registry.gate import Champion
 from factory_lib.runs.client import latest_cycle
 from factory_lib.train.prune import Curves, history_curves
-
-if TYPE_CHECKING:
-    pass
-
-# Seeds of a trial's re-measurements: far from the search's own trial seeds.
-SEED_STRIDE = 100_003
-EXPORT_SAMPLE = 256
 
 
 class BudgetSpent(RuntimeError):
