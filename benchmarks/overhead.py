@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py                          # digits, 8 trials, the budget's epochs
     python benchmarks/overhead.py --trials 8 --epochs 10 --max-workers 2
+    python benchmarks/overhead.py --compare 343c6d0 --pairs 3   # this tree against an older one
 
 Runs one fresh cycle through metaflow.Runner in a throw-away datastore and reports:
 - wall: the cycle from the Runner call to its end;
@@ -11,6 +12,15 @@ Runs one fresh cycle through metaflow.Runner in a throw-away datastore and repor
 - first trial start: seconds from the Runner call to the first trial's first step;
 - per-task start-up: median seconds from a train task's start to its trial's start;
 - step seconds: from each step's first task start to its last task's end.
+
+--compare REV checks REV out into a throw-away git worktree and runs --pairs pairs of fresh
+cycles, one with REV's flow and code and one with this working tree's, alternating which goes
+first so that a machine warming up or getting busier weighs on both. Each cycle runs as
+`python flows/cycle.py run --fresh ...` in its own throw-away datastore, from a subprocess of
+this script that imports Metaflow but not factory_lib, so trees whose packages are laid out
+differently are measured the same way. It prints a JSON report, then a markdown table for
+docs/benchmarks.md: per tree the median cycle wall with its spread (min–max), the ratio of
+the medians, and each step's seconds.
 """
 
 from __future__ import annotations
@@ -22,13 +32,21 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+FLOW = Path("flows") / "cycle.py"
+FLOW_NAME = "CycleFlow"
+# The end of a failed cycle's output that the error shows.
+LOG_TAIL_CHARS = 3000
 
 
 def main() -> None:
@@ -37,8 +55,21 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=0, help="0: the objective's budget")
     parser.add_argument("--max-workers", type=int, default=0, help="0: the flow's default (cores)")
+    parser.add_argument("--compare", metavar="REV", help="also run the flow of this git revision")
+    parser.add_argument("--pairs", type=int, default=3, help="with --compare: cycles per tree")
+    # One cycle of the tree at this path, run by --compare in a process of its own.
+    parser.add_argument("--measure-tree", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_tree:
+        print(json.dumps(measure_tree(args.measure_tree, args)))
+    elif args.compare:
+        compare(args)
+    else:
+        overhead(args)
 
+
+def overhead(args: argparse.Namespace) -> None:
+    """One cycle of this tree through Runner, with its trials' own seconds from the records."""
     os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = tempfile.mkdtemp(prefix="factory-bench-")
     from factory_lib.runs.env import ensure_metaflow_user
 
@@ -49,18 +80,18 @@ def main() -> None:
     if args.max_workers:
         params["max_workers"] = args.max_workers
     started = time.time()
-    with Runner(
-        str(ROOT / "flows" / "cycle.py"), show_output=False, config=[("objective", args.objective)]
-    ).run(**params) as running:
+    with Runner(str(ROOT / FLOW), show_output=False, config=[("objective", args.objective)]).run(
+        **params
+    ) as running:
         wall = time.time() - started
         if running.status != "successful":
-            sys.exit(running.stderr[-3000:])
+            sys.exit(running.stderr[-LOG_TAIL_CHARS:])
         run = running.run
     results = [r.result for r in run["end"].task.data.records]
     train_seconds = sum(r.evaluation.train_seconds for r in results if r.evaluation)
     task_starts = {t.pathspec: t.created_at.timestamp() for t in run["train"]}
     startup = [r.started_at - task_starts[r.task_pathspec] for r in results if r.task_pathspec]
-    # The flow's local default is one worker per core (factory_lib.history.local_worker_default).
+    # The flow's local default is one worker per core (factory_lib.runs.env.local_worker_default).
     workers = min(args.max_workers or os.cpu_count() or 1, len(results))
     report = {
         "objective": Path(args.objective).stem,
@@ -73,18 +104,219 @@ def main() -> None:
         "wall_over_ideal": round(wall / (train_seconds / workers), 2) if train_seconds else None,
         "first_trial_start_s": round(min(r.started_at for r in results) - started, 1),
         "median_task_startup_s": round(statistics.median(startup), 1) if startup else None,
-        "step_seconds": {
-            step.id: round(
-                max(t.finished_at for t in step).timestamp()
-                - min(t.created_at for t in step).timestamp(),
-                1,
-            )
-            for step in run
-        },
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        + ("CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
+        "step_seconds": step_seconds(run),
+        "machine": machine(),
     }
     print(json.dumps(report, indent=2))
+
+
+def step_seconds(run: Any) -> dict[str, float]:
+    """Each step's seconds from its first task's start to its last task's end, in run order."""
+    spans = {
+        step.id: (
+            min(t.created_at for t in step).timestamp(),
+            max(t.finished_at for t in step).timestamp(),
+        )
+        for step in run
+    }
+    return {
+        name: round(end - start, 1)
+        for name, (start, end) in sorted(spans.items(), key=lambda item: item[1][0])
+    }
+
+
+def machine() -> str:
+    """Architecture, cores, CPU model, torch version and GPU, for the report."""
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+        if line.startswith("model name")
+    ]
+    gpu = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    cpu = models[0] if models else platform.processor() or "unknown CPU"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}, torch {torch.__version__}, {gpu}"
+
+
+def measure_tree(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One fresh cycle of `tree`'s flow in a throw-away datastore: its wall and step seconds.
+
+    The flow runs as a command in `tree`, on the PYTHONPATH this process was given; this
+    process reads the run back with the Client API and never imports factory_lib.
+    """
+    with tempfile.TemporaryDirectory(prefix="factory-bench-") as sysroot:
+        # Metaflow reads the datastore's root when it is imported, below.
+        os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = sysroot
+        run_id_file, log = Path(sysroot) / "run-id", Path(sysroot) / "cycle.log"
+        command = [
+            sys.executable,
+            str(FLOW),
+            "--config",
+            "objective",
+            args.objective,
+            "run",
+            "--fresh",
+            "--trials",
+            str(args.trials),
+            "--epochs",
+            str(args.epochs),
+            "--run-id-file",
+            str(run_id_file),
+        ]
+        if args.max_workers:
+            command += ["--max-workers", str(args.max_workers)]
+        started = time.time()
+        with log.open("w") as out:
+            done = subprocess.run(command, cwd=tree, stdout=out, stderr=subprocess.STDOUT)
+        wall = time.time() - started
+        if done.returncode:
+            tail = log.read_text()[-LOG_TAIL_CHARS:]
+            sys.exit(f"{shlex.join(command)} failed in {tree}:\n{tail}")
+        from metaflow import Run, namespace
+
+        namespace(None)
+        run = Run(f"{FLOW_NAME}/{run_id_file.read_text().strip()}")
+        return {"wall_s": round(wall, 1), "step_seconds": step_seconds(run)}
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Alternate fresh cycles of REV's tree and this one; print a JSON report and a table."""
+    new_rev = git("rev-parse", "--short", "HEAD")
+    if git("status", "--porcelain"):
+        new_rev += " + uncommitted changes"
+    objective = Path(args.objective).resolve()
+    with tempfile.TemporaryDirectory(prefix="factory-bench-rev-") as tmp:
+        old_tree = Path(tmp) / "tree"
+        git("worktree", "add", "--detach", "--quiet", str(old_tree), args.compare)
+        try:
+            old_rev = git("rev-parse", "--short", "HEAD", cwd=old_tree)
+            trees = {"old": old_tree, "new": ROOT}
+            cycles: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+            for pair in range(args.pairs):
+                order = ("old", "new") if pair % 2 == 0 else ("new", "old")
+                for arm in order:
+                    cycles[arm].append(measure_in_subprocess(trees[arm], objective, args))
+                    print(
+                        f"pair {pair + 1}/{args.pairs}: {arm} {cycles[arm][-1]['wall_s']} s",
+                        file=sys.stderr,
+                    )
+        finally:
+            git("worktree", "remove", "--force", str(old_tree))
+    arms = {
+        "old": {"rev": old_rev, **summary(cycles["old"])},
+        "new": {"rev": new_rev, **summary(cycles["new"])},
+    }
+    report = {
+        "objective": objective.stem,
+        "trials": args.trials,
+        "epochs": args.epochs or "budget",
+        "pairs": args.pairs,
+        "machine": machine(),
+        "command": shlex.join(["python", "benchmarks/overhead.py", *sys.argv[1:]]),
+        "arms": arms,
+        "new_over_old": ratio(arms["new"]["median_wall_s"], arms["old"]["median_wall_s"]),
+    }
+    print(json.dumps(report, indent=2))
+    print()
+    print(markdown(report))
+
+
+def measure_in_subprocess(tree: Path, objective: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """measure_tree in a process of its own, importing only `tree`'s code."""
+    # An objective of this tree is read from the same path in the other.
+    path = objective.relative_to(ROOT) if objective.is_relative_to(ROOT) else objective
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--measure-tree",
+        str(tree),
+        "--objective",
+        str(path),
+        "--trials",
+        str(args.trials),
+        "--epochs",
+        str(args.epochs),
+        "--max-workers",
+        str(args.max_workers),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr[-LOG_TAIL_CHARS:])
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def summary(cycles: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The median and spread of the cycles' walls and of each step's seconds."""
+    walls = [c["wall_s"] for c in cycles]
+    steps: dict[str, list[float]] = {}
+    for cycle in cycles:
+        for name, seconds in cycle["step_seconds"].items():
+            steps.setdefault(name, []).append(seconds)
+    return {
+        "median_wall_s": round(statistics.median(walls), 1),
+        "min_wall_s": min(walls),
+        "max_wall_s": max(walls),
+        "median_step_seconds": {n: round(statistics.median(s), 1) for n, s in steps.items()},
+        "cycles": list(cycles),
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The comparison as a table for docs/benchmarks.md, with its machine and command."""
+    old, new = report["arms"]["old"], report["arms"]["new"]
+    epochs = "the budget's epochs" if report["epochs"] == "budget" else f"{report['epochs']} epochs"
+    lines = [
+        f"One fresh cycle of `{report['objective']}`, {report['trials']} trials, {epochs}, "
+        f"per tree and pair; {report['pairs']} pair{'' if report['pairs'] == 1 else 's'}, "
+        "alternating which tree runs first. Cycle wall: `python flows/cycle.py run --fresh` "
+        "from start to exit; a step: its first task's start to its last task's end.",
+        "",
+        f"Machine: {report['machine']}. Command: `{report['command']}`.",
+        "",
+        f"| seconds | old ({old['rev']}) | new ({new['rev']}) | new / old |",
+        "| --- | ---: | ---: | ---: |",
+        f"| cycle wall, median (min–max) | {old['median_wall_s']} ({old['min_wall_s']}–"
+        f"{old['max_wall_s']}) | {new['median_wall_s']} ({new['min_wall_s']}–"
+        f"{new['max_wall_s']}) | **{times(report['new_over_old'])}** |",
+    ]
+    old_steps, new_steps = old["median_step_seconds"], new["median_step_seconds"]
+    for name in dag_order(list(old_steps), list(new_steps)):
+        before, after = old_steps.get(name), new_steps.get(name)
+        lines.append(
+            f"| step `{name}`, median | {'—' if before is None else before} | "
+            f"{'—' if after is None else after} | {times(ratio(after, before))} |"
+        )
+    return "\n".join(lines)
+
+
+def dag_order(*orders: list[str]) -> list[str]:
+    """The steps of several runs in one order: each new step goes after the one it followed."""
+    merged: list[str] = []
+    for order in orders:
+        for i, name in enumerate(order):
+            if name not in merged:
+                merged.insert(merged.index(order[i - 1]) + 1 if i else 0, name)
+    return merged
+
+
+def ratio(new: float | None, old: float | None) -> float | None:
+    """new / old to two places; None when either is missing or old is zero."""
+    return round(new / old, 2) if new is not None and old else None
+
+
+def times(factor: float | None) -> str:
+    """A ratio for the table: two decimals, or a dash where there is none."""
+    return "—" if factor is None else f"{factor:.2f}"
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    """A git command's output; a failing command ends the benchmark with git's message."""
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"git {shlex.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
 
 
 if __name__ == "__main__":
