@@ -2,17 +2,24 @@
 
 `behaviour` is a search-space parameter of the test objective: each value plants one way a
 real trial goes wrong. FACTORY_TEST_FAIL_ALL=1 makes every trial raise (a cycle in which
-nothing works).
+nothing works). `stalls_once` stops a task for the test to kill from outside.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+from metaflow import current
 from torch import nn
+
+# How long a stalled build waits to be killed; if nobody does, it trains after all.
+STALL_S = 60.0
+_builds = itertools.count(1)
 
 
 class _Hang(nn.Module):
@@ -52,3 +59,19 @@ def planted(params: dict[str, Any], input_shape: tuple[int, ...], n_outputs: int
     if behaviour == "hang":
         return _Hang(net)
     return net
+
+
+def stalls_once(params: dict[str, Any], input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+    """`planted`, but the second model built in a task's first attempt stalls to be killed.
+
+    The stalled process writes its pid to the file FACTORY_TEST_PIDFILE names, which only the
+    first process to stall does: the retry, and every other task, train at once. Stalling at the
+    second build means the killed attempt has finished one trial already.
+    """
+    pidfile = os.environ.get("FACTORY_TEST_PIDFILE")
+    if pidfile and next(_builds) == 2 and current.retry_count == 0 and not Path(pidfile).exists():
+        written = Path(f"{pidfile}.tmp")
+        written.write_text(str(os.getpid()))
+        written.replace(pidfile)  # whole or absent for the test that polls for it
+        time.sleep(STALL_S)
+    return planted(params, input_shape, n_outputs)
