@@ -230,7 +230,7 @@ class CycleFlow(FlowSpec):
             r
             for inp in inputs
             for r in results_from_task(
-                inp.group, getattr(inp, "trial_results", None), getattr(inp, "train_error", None)
+                inp.input, getattr(inp, "trial_results", None), getattr(inp, "train_error", None)
             )
         ]
         weights = {
