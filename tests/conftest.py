@@ -22,6 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = str(ROOT / "flows" / "cycle.py")
 _DATASTORE = tempfile.mkdtemp(prefix="factory-tests-")
+# "[c001-t00] ok", "[c001-t00-s1] failed (...)": what train_group prints for each trial.
+TRIAL_OUTCOME = re.compile(r"^\[([\w-]+)\] (?:ok|failed|diverged|timeout|pruned)\b", re.M)
 
 # Metaflow reads its configuration when first imported: point this process and every flow it
 # starts at one throw-away local datastore, and give Metaflow a user name.
@@ -71,6 +73,11 @@ def run_cycle(
         return running.run
 
 
+def trained_in(task: Any) -> list[str]:
+    """The trials a Metaflow task trained: train_group prints one outcome line for each."""
+    return TRIAL_OUTCOME.findall(task.stdout)
+
+
 def factory_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the `factory` command (as `python -m factory_lib.ops.cli`) from the repo root."""
     return subprocess.run(
@@ -83,9 +90,9 @@ def factory_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
-def run_and_kill_after_first_trial(objective: Path, env: dict[str, str] | None = None) -> str:
-    """Start a cycle, SIGKILL it (runtime and tasks) once a train task has finished: a crashed
-    machine mid-foreach. Returns the killed run's id."""
+def run_and_kill_after_first(step: str, objective: Path, env: dict[str, str] | None = None) -> str:
+    """Start a cycle, SIGKILL it (runtime and tasks) once a task of `step` has finished: a
+    crashed machine (mid-foreach, for `train`). Returns the killed run's id."""
     run_id = None
     with subprocess.Popen(
         [
@@ -109,7 +116,7 @@ def run_and_kill_after_first_trial(objective: Path, env: dict[str, str] | None =
         for line in proc.stdout:
             found = re.search(r"\(run-id (\w+)\)", line)
             run_id = found[1] if found else run_id
-            if "/train/" in line and "Task finished successfully" in line:
+            if f"/{step}/" in line and "Task finished successfully" in line:
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
         proc.wait(timeout=60)

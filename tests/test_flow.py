@@ -7,10 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from factory_lib.cycle.close import MeasureJob
 from factory_lib.data.splits import load_splits
 from factory_lib.runs.champions import load_champion
 from factory_lib.runs.client import objective_tag
-from tests.conftest import FLOW, ROOT, run_and_kill_after_first_trial, run_cycle, write_objective
+from tests.conftest import (
+    FLOW,
+    ROOT,
+    run_and_kill_after_first,
+    run_cycle,
+    trained_in,
+    write_objective,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +97,8 @@ def test_failed_trials_are_records_and_siblings_survive(tmp_path: Path) -> None:
     assert first.champion is not None and first.champion.trial_id == statuses["ok"].trial_id
 
     # A cycle in which every trial fails still completes, records all, keeps the champion.
-    second = _end(run_cycle(objective, env={"FACTORY_TEST_FAIL_ALL": "1"}, trials=2))
+    second_run = run_cycle(objective, env={"FACTORY_TEST_FAIL_ALL": "1"}, trials=2)
+    second = _end(second_run)
     assert second.cycle == 2
     assert second.history[:4] == first.history
     new = second.history[4:]
@@ -97,6 +106,9 @@ def test_failed_trials_are_records_and_siblings_survive(tmp_path: Path) -> None:
     assert second.decision.status == "infeasible"
     assert second.champion == first.champion
     assert second.champion_package == first.champion_package
+    # no challenger, so nothing to measure: the one measure task trains nothing
+    assert second_run["gate"].task.data.measure_jobs == [MeasureJob("none")]
+    assert trained_in(second_run["measure"].task) == []
 
 
 def test_resume_after_kill_mid_foreach_gives_the_same_records(tmp_path: Path) -> None:
@@ -105,7 +117,7 @@ def test_resume_after_kill_mid_foreach_gives_the_same_records(tmp_path: Path) ->
     reference = _end(run_cycle(write_objective(tmp_path, "flow-reference"), fresh=True))
 
     objective = write_objective(tmp_path, "flow-resume")
-    killed = run_and_kill_after_first_trial(objective)
+    killed = run_and_kill_after_first("train", objective)
     namespace(None)
     assert not Flow("CycleFlow")[killed].successful
 

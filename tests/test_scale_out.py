@@ -15,16 +15,22 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from factory_lib.history import check_extends
 from tests.aws import Aws
-from tests.conftest import FLOW, ROOT, run_and_kill_after_first_trial, write_objective
+from tests.conftest import FLOW, ROOT, run_and_kill_after_first, write_objective
 from tests.scale_doc import ARGO, SFN, doc_command
 
 pytestmark = pytest.mark.slow
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/dark-factory:latest"
+# The steps that train or export carry the objective's resources and retry a task that died
+# (flows/cycle.py: on_train_resources, TASK_RETRIES); the others aggregate and ask for neither.
+HEAVY_STEPS = ("train", "measure")
+LIGHT_STEPS = ("start", "propose", "join", "gate", "decide", "end")
+TASK_RETRIES = 2
 
 
 class _Ping(BaseHTTPRequestHandler):
@@ -155,11 +161,18 @@ def test_step_functions_deploys_on_a_schedule(aws: Aws, profile: dict[str, str])
         aws.shell(doc_command(f"{SFN} step-functions create --only-json"), env=profile)
     )
     assert definition["States"]["*train"]["Type"] == "Map"
-    states = definition["States"]["*train"]["Iterator"]["States"]
-    requirements = states["train"]["Parameters"]["ContainerOverrides"]["ResourceRequirements"]
-    assert {"Type": "GPU", "Value": "1"} in requirements
-    start = definition["States"]["start"]["Parameters"]["ContainerOverrides"]
-    assert not any(r["Type"] == "GPU" for r in start["ResourceRequirements"])
+    assert definition["States"]["*measure"]["Type"] == "Map"
+    jobs = _batch_states(definition["States"])
+    assert set(jobs) == {*HEAVY_STEPS, *LIGHT_STEPS}
+    for name, job in jobs.items():
+        heavy = name in HEAVY_STEPS
+        overrides = job["ContainerOverrides"]
+        assert ({"Type": "GPU", "Value": "1"} in overrides["ResourceRequirements"]) == heavy, name
+        # @retry is the Batch job's attempts (the state's own Retry, on every step, is for
+        # Batch API errors only) and the task's retries of user code
+        assert (job["RetryStrategy"]["Attempts"] > TASK_RETRIES) == heavy, name
+        retries = TASK_RETRIES if heavy else 0
+        assert f"--max-user-code-retries {retries} " in " ".join(overrides["Command"]), name
 
 
 def test_argo_template_has_foreach_gpu_and_self_trigger(aws: Aws, profile: dict[str, str]) -> None:
@@ -175,8 +188,16 @@ def test_argo_template_has_foreach_gpu_and_self_trigger(aws: Aws, profile: dict[
     templates = {t["name"]: t for t in template["spec"]["templates"]}
     dag = {t["name"]: t for t in templates["CycleFlow"]["dag"]["tasks"]}
     assert "num-splits" in dag["propose-foreach-trial-groups"]["withParam"]
-    assert templates["train"]["container"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert "nvidia.com/gpu" not in templates["start"]["container"]["resources"].get("limits", {})
+    assert "num-splits" in dag["gate-foreach-measure-jobs"]["withParam"]
+    for name in (*HEAVY_STEPS, *LIGHT_STEPS):
+        heavy = name in HEAVY_STEPS
+        container = templates[name]["container"]
+        gpus = container["resources"].get("limits", {}).get("nvidia.com/gpu")
+        assert gpus == ("1" if heavy else None), name
+        retry = templates[name].get("retryStrategy", {"limit": 0})
+        assert (retry["limit"] >= TASK_RETRIES) == heavy, name
+        retries = TASK_RETRIES if heavy else 0
+        assert f"--max-user-code-retries {retries} " in json.dumps(container), name
     triggers = json.loads(template["metadata"]["annotations"]["metaflow/triggers"])
     assert [t["name"] for t in triggers] == ["metaflow.CycleFlow.end"]
 
@@ -191,7 +212,7 @@ def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(
     for key, value in profile.items():
         monkeypatch.setenv(key, value)  # this process's Client API reads S3 through moto too
     monkeypatch.setenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")  # no Docker: Batch jobs fail
-    objective = write_objective(tmp_path, "s3-cycle", resources={"gpu": 1})
+    objective = write_objective(tmp_path, "s3-cycle", resources={"gpu": 1}, promotion={"seeds": 2})
     deployment = ["--config", "deployment", "infra/deploy/step-functions.yaml"]
 
     # 1. a whole cycle on S3, with the Anthropic key fetched by @secrets from Secrets Manager
@@ -213,10 +234,10 @@ def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(
     assert stored["KeyCount"] > 0
 
     # 2. the next cycle crashes mid-foreach; resuming it on Batch submits the unfinished trials
-    killed = run_and_kill_after_first_trial(objective, profile)
+    killed = run_and_kill_after_first("train", objective, profile)
     assert not Flow("CycleFlow")[killed].successful
-    command = doc_command("python flows/cycle.py resume --with batch")
-    on_batch = _sh(f"{command} --origin-run-id {killed}", profile)
+    resume_on_batch = doc_command("python flows/cycle.py resume --with batch")
+    on_batch = _sh(f"{resume_on_batch} --origin-run-id {killed}", profile)
     assert on_batch.returncode != 0  # moto cannot run the jobs
     batch = aws.client("batch")
     failed = batch.list_jobs(jobQueue=_queue(aws), jobStatus="FAILED")["jobSummaryList"]
@@ -228,15 +249,12 @@ def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(
     definition = batch.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])
     container = definition["jobDefinitions"][0]["containerProperties"]
     assert container["image"] == IMAGE
-    # Metaflow asks for the GPU in the job's container overrides, which moto's DescribeJobs
-    # leaves out: read what the server received (it runs in this process)
-    from moto.batch.models import batch_backends
-
-    submitted = batch_backends["123456789012"]["us-east-1"]._jobs[job["jobId"]]
-    overrides = submitted.container_overrides["resourceRequirements"]
-    assert {"type": "GPU", "value": "1"} in overrides
-    batch_run = re.search(r"\(run-id (\w+)\)", on_batch.stdout + on_batch.stderr)
-    assert batch_run is not None
+    # each unfinished trial's task was tried on Batch as often as @retry allows, with a GPU;
+    # @catch then recorded it locally and the join went to Batch, without one
+    asked = _gpus_asked(_run_id(on_batch))
+    assert set(asked) == {"train", "join"}, asked
+    assert asked["train"] and all(asked["train"]) and len(asked["train"]) % (TASK_RETRIES + 1) == 0
+    assert asked["join"] == [False]
 
     # 3. resumed locally, the cycle finishes with the trial finished before the crash reused
     with Runner(FLOW, show_output=False, cwd=str(ROOT), env=profile).resume(
@@ -258,6 +276,16 @@ def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(
     assert all(r.trial_id in card for r in data.records)
     assert "data:image/png;base64" in card
 
+    # 5. a cycle that crashes once its gate has listed the measure jobs: resumed on Batch, each
+    # re-measurement over seeds (and the export) is a GPU job retried like train; decide is not
+    killed = run_and_kill_after_first("gate", objective, profile)
+    jobs = Flow("CycleFlow")[killed]["gate"].task.data.measure_jobs
+    assert [j.kind for j in jobs].count("seeds") >= 1, jobs
+    on_batch = _sh(f"{resume_on_batch} --origin-run-id {killed}", profile)
+    assert on_batch.returncode != 0  # moto cannot run the jobs
+    asked = _gpus_asked(_run_id(on_batch))
+    assert asked == {"measure": [True] * len(jobs) * (TASK_RETRIES + 1), "decide": [False]}
+
 
 def test_run_with_batch_submits_to_the_queue(aws: Aws, profile: dict[str, str]) -> None:
     os.environ["MOTO_SIMPLE_BATCH_FAIL_AFTER"] = "0"  # moto reads it in this process
@@ -275,6 +303,41 @@ def test_run_with_batch_submits_to_the_queue(aws: Aws, profile: dict[str, str]) 
         jobDefinitions=[starts["jobs"][-1]["jobDefinition"]]
     )
     assert definition["jobDefinitions"][0]["containerProperties"]["image"] == IMAGE
+    assert _gpus_asked(_run_id(proc)) == {"start": [False]}
+
+
+def _gpus_asked(run_id: str) -> dict[str, list[bool]]:
+    """Per step of run `run_id`, whether each Batch job Metaflow submitted for it asked for a GPU.
+
+    Metaflow asks for the GPU in the job's container overrides, which moto's DescribeJobs leaves
+    out: read what the server received (it runs in this process).
+    """
+    from moto.batch.models import batch_backends
+
+    asked: dict[str, list[bool]] = {}
+    for job in batch_backends["123456789012"]["us-east-1"]._jobs.values():
+        if job.parameters.get("metaflow.run_id") == run_id:
+            requirements = job.container_overrides.get("resourceRequirements", [])
+            gpu = {"type": "GPU", "value": "1"} in requirements
+            asked.setdefault(job.parameters["metaflow.step_name"], []).append(gpu)
+    return asked
+
+
+def _run_id(proc: subprocess.CompletedProcess[str]) -> str:
+    found = re.search(r"\(run-id (\w+)\)", proc.stdout + proc.stderr)
+    assert found is not None, proc.stderr[-3000:]
+    return found[1]
+
+
+def _batch_states(states: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Step name: the Batch job parameters of its state, Map iterators included."""
+    jobs = {}
+    for state in states.values():
+        if "Iterator" in state:
+            jobs.update(_batch_states(state["Iterator"]["States"]))
+        elif state.get("Resource") == "arn:aws:states:::batch:submitJob.sync":
+            jobs[state["Parameters"]["Parameters"]["step_name"]] = state["Parameters"]
+    return jobs
 
 
 def _queue(aws: Aws) -> str:

@@ -17,7 +17,7 @@ from factory_lib.registry.export import export_champion
 from factory_lib.registry.model import ChampionModel
 from factory_lib.registry.package import ModelPackage
 from factory_lib.train.trial import run_trial
-from tests.conftest import ROOT, run_cycle, write_objective
+from tests.conftest import ROOT, run_cycle, trained_in, write_objective
 
 LOADER = """
 import sys, numpy as np, torch, onnxruntime
@@ -105,6 +105,16 @@ def test_noise_is_not_promoted_and_a_clear_gain_is(tmp_path: Path) -> None:
     assert "Model card: trust" in card.to_markdown()
     assert clear.exports.trial_id == clear.champion.trial_id
     assert clear.pareto.trial_ids and clear.pareto.hypervolume > 0
+
+    # only measure trains: each trial the gate listed, again with the other two seeds; the
+    # steps around it train nothing
+    listed = clear_run["gate"].task.data.measure_jobs
+    remeasured = [job.trial_id for job in listed if job.kind == "seeds"]
+    assert clear.champion.trial_id in remeasured
+    trained = sorted(t for task in clear_run["measure"] for t in trained_in(task))
+    assert trained == sorted(f"{t}-s{j}" for t in remeasured for j in (1, 2))
+    for step in ("start", "propose", "join", "gate", "decide", "end"):
+        assert [trained_in(task) for task in clear_run[step]] == [[]], step
 
 
 def test_a_failing_export_is_a_note_not_a_failed_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
