@@ -9,7 +9,6 @@ are embedded as PNGs: the card is one self-contained HTML file, viewable offline
 from __future__ import annotations
 
 import html
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,7 +71,8 @@ def _decision(view: CycleView) -> list[Any]:
             "",
             f"**Champion** `{champ.trial_id}` (promoted in cycle {champ.promoted_in_cycle}): "
             f"test {champ.metric} {champ.test_value:.4g}, validation reward "
-            f"{cell(champ.record.val_reward)}; proposed by `{p.source}`: {text(p.rationale) or '-'}",
+            f"{cell(champ.record.val_reward)}; proposed by `{p.source}`: "
+            f"{text(p.rationale) or '-'}",
             "",
             f"parameters: {params}",
         ]
