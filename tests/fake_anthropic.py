@@ -56,7 +56,7 @@ def error(status: int, kind: str, text: str) -> tuple[int, dict[str, Any]]:
     return status, {"type": "error", "error": {"type": kind, "message": text}}
 
 
-Reply = dict[str, Any] | tuple[int, dict[str, Any]] | Exception
+Reply = dict[str, Any] | tuple[int, dict[str, Any]] | bytes | Exception  # bytes: a raw body
 
 
 class Script:
@@ -71,6 +71,8 @@ class Script:
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
+        if isinstance(reply, bytes):
+            return httpx2.Response(200, content=reply, headers={"content-type": "application/json"})
         status, body = reply if isinstance(reply, tuple) else (200, reply)
         return httpx2.Response(
             status, json=body, headers={"retry-after": "0.01"} if status >= 429 else {}

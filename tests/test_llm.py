@@ -125,6 +125,21 @@ def test_garbled_json_is_rejected_with_a_reason() -> None:
     assert "proposals is not valid JSON" in repair
 
 
+def deep_answer(depth: int) -> bytes:
+    """A tool call whose proposal's `width` is a list nested `depth` levels deep, as raw JSON."""
+    start = json.dumps(tool_answer([{"params": {"width": "HOLE"}, "rationale": "deep"}]))
+    return start.replace('"HOLE"', "[" * depth + "]" * depth).encode()
+
+
+@pytest.mark.parametrize("depth", [50, 100_000])
+def test_deeply_nested_answers_are_rejected_with_a_reason(depth: int) -> None:
+    """100k levels raised RecursionError out of the propose step; 50 are still refused."""
+    proposals, report = _propose(Script(deep_answer(depth), deep_answer(depth)), n=1)
+    assert proposals == []
+    reasons = [*(r.reason for r in report.rejected), *(c.error or "" for c in report.calls)]
+    assert any("nested" in r for r in reasons), reasons
+
+
 def test_an_answer_without_the_tool_call_is_repaired() -> None:
     script = Script(
         message([{"type": "text", "text": "Here are my ideas..."}]), tool_answer(GOOD[:1])

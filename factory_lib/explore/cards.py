@@ -8,6 +8,7 @@ are embedded as PNGs: the card is one self-contained HTML file, viewable offline
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,12 @@ from factory_lib.explore.analysis import CycleView, cell, missing
 
 CARD_ID = "cycle"
 CAUSE_CHARS = 300
+
+
+def text(value: str) -> str:
+    """Free text from a record (a rationale, a reason, an error) as Markdown shows it: HTML
+    escaped, so an answer from a model or a user's exception cannot add markup to the card."""
+    return html.escape(value, quote=False)
 
 
 def cycle_card(view: CycleView) -> list[Any]:
@@ -49,7 +56,7 @@ def _header(view: CycleView) -> list[Any]:
 
 def _decision(view: CycleView) -> list[Any]:
     d = view.decision
-    lines = [f"## Promotion decision: {d.status}", "", d.reason]
+    lines = [f"## Promotion decision: {d.status}", "", text(d.reason)]
     if d.challenger:
         lines.append(f"\n- challenger: `{d.challenger}`")
     if d.champion:
@@ -59,12 +66,13 @@ def _decision(view: CycleView) -> list[Any]:
     champ = view.champion
     if champ is not None:
         p = champ.record.proposal
-        params = ", ".join(f"{k}={cell(v)}" for k, v in sorted(p.params.items()))
+        params = ", ".join(f"{k}={text(cell(v))}" for k, v in sorted(p.params.items()))
         lines += [
             "",
             f"**Champion** `{champ.trial_id}` (promoted in cycle {champ.promoted_in_cycle}): "
             f"test {champ.metric} {champ.test_value:.4g}, validation reward "
-            f"{cell(champ.record.val_reward)}; proposed by `{p.source}`: {p.rationale or '-'}",
+            f"{cell(champ.record.val_reward)}; proposed by `{p.source}`: "
+            f"{text(p.rationale) or '-'}",
             "",
             f"parameters: {params}",
         ]
@@ -148,11 +156,11 @@ def _table(frame: pd.DataFrame, columns: Sequence[str], params: bool = False) ->
     param_cols = [c for c in frame.columns if c.startswith("param_")] if params else []
     rows: list[list[Any]] = []
     for _, row in frame.iterrows():
-        cells = [cell(row[c]) for c in present]
+        cells = [text(cell(row[c])) for c in present]
         if param_cols:
             cells.append(
                 ", ".join(
-                    f"{c.removeprefix('param_')}={cell(row[c])}"
+                    f"{c.removeprefix('param_')}={text(cell(row[c]))}"
                     for c in param_cols
                     if not missing(row[c])
                 )

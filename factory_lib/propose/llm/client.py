@@ -35,8 +35,11 @@ from factory_lib.propose.llm.prompt import (
 )
 from factory_lib.propose.llm.schema import (
     FORCED_TOOL,
+    MAX_NESTING,
     REJECTED_PARAMS_MAX_CHARS,
     check_params,
+    nesting,
+    short_rationale,
     tool_input,
     tool_schema,
 )
@@ -197,6 +200,12 @@ class LLMProposer:
             return None, LLMCall(
                 purpose=purpose, seconds=time.monotonic() - started, error=_api_error(exc)
             )
+        except RecursionError:  # the SDK parses the body: an answer nested past Python's limit
+            return None, LLMCall(
+                purpose=purpose,
+                seconds=time.monotonic() - started,
+                error="the answer is nested too deeply to read (past Python's recursion limit)",
+            )
         call = cost_usd(price_of(self.spec), response.usage).model_copy(
             update={"purpose": purpose, "seconds": time.monotonic() - started}
         )
@@ -302,6 +311,8 @@ class LLMProposer:
     ) -> tuple[list[str], dict[str, Any], str]:
         if not isinstance(item, dict):
             return [f"a proposal must be an object, got {type(item).__name__}"], {}, ""
+        if nesting(item) > MAX_NESTING:
+            return [f"the proposal is nested deeper than {MAX_NESTING} levels"], {}, ""
         unknown = sorted(set(item) - {"params", "rationale"})
         errors = [f"unknown key {k!r}" for k in unknown]
         rationale = item.get("rationale")
@@ -318,7 +329,7 @@ class LLMProposer:
             earlier = tried.get(params_key({**clean, **objective.fixed}))
             if earlier is not None:
                 errors.append(f"repeats a configuration already tried ({earlier})")
-        return errors, clean, rationale.strip() if isinstance(rationale, str) else ""
+        return errors, clean, short_rationale(rationale) if isinstance(rationale, str) else ""
 
 
 def _api_error(exc: anthropic.APIError) -> str:

@@ -25,6 +25,11 @@ from factory_lib.propose.optuna_proposer import uses_arch
 
 TOOL_NAME = "propose_trials"
 FORCED_TOOL: ToolChoiceToolParam = {"type": "tool", "name": TOOL_NAME}
+# A proposal deeper than this (lists and objects inside each other) is refused before any
+# other check: no search space or architecture grammar nests nearly as deep.
+MAX_NESTING = 8
+# Rationales are shown in logs, cards and prompts: longer ones are cut.
+RATIONALE_MAX_CHARS = 600
 
 
 REJECTED_PARAMS_MAX_CHARS = 300
@@ -218,3 +223,24 @@ def tool_input(response: Any) -> tuple[Any, str | None]:
     if not isinstance(raw, list):
         return None, "proposals must be an array"
     return raw, None
+
+
+def nesting(value: Any, limit: int = MAX_NESTING) -> int:
+    """How deep lists and objects nest in `value`, counted without recursion and only up to
+    `limit + 1` (an answer may be deeper than Python's own recursion limit)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+        children = list(item.values()) if isinstance(item, dict) else item
+        if isinstance(children, list):
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def short_rationale(text: str) -> str:
+    """A rationale as kept: stripped, and cut to RATIONALE_MAX_CHARS."""
+    text = text.strip()
+    return text if len(text) <= RATIONALE_MAX_CHARS else text[: RATIONALE_MAX_CHARS - 1] + "…"
