@@ -128,6 +128,15 @@ def on_train_resources(timeout_s: str, error_var: str) -> Callable[[F], F]:
     return apply
 
 
+def death_of(task: Any, step: str) -> str | None:
+    """How a foreach task that @catch stood in for died (its process's exit), if recorded."""
+    if getattr(task, f"{step}_error", None) is None:
+        return None
+    from factory_lib.runs.client import task_death
+
+    return task_death(f"{current.flow_name}/{current.run_id}", step, task.index)
+
+
 @deployed
 class CycleFlow(FlowSpec):
     """One cycle: propose, train in parallel, evaluate, score, promote, remember."""
@@ -230,7 +239,10 @@ class CycleFlow(FlowSpec):
             r
             for inp in inputs
             for r in results_from_task(
-                inp.input, getattr(inp, "trial_results", None), getattr(inp, "train_error", None)
+                inp.input,
+                getattr(inp, "trial_results", None),
+                getattr(inp, "train_error", None),
+                death_of(inp, "train"),
             )
         ]
         weights = {

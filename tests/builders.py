@@ -75,3 +75,18 @@ def stalls_once(params: dict[str, Any], input_shape: tuple[int, ...], n_outputs:
         written.replace(pidfile)  # whole or absent for the test that polls for it
         time.sleep(STALL_S)
     return planted(params, input_shape, n_outputs)
+
+
+def dies(params: dict[str, Any], input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+    """`planted`, but a trial with `behaviour: die` stalls in every attempt to be killed.
+
+    The stalled process writes its pid to `<FACTORY_TEST_PIDFILE>.<attempt>` for the test to
+    SIGKILL, as a task killed from outside (or by the out-of-memory killer) would be.
+    """
+    pidfile = os.environ.get("FACTORY_TEST_PIDFILE")
+    if pidfile and params.get("behaviour") == "die":
+        written = Path(f"{pidfile}.{current.retry_count}.tmp")
+        written.write_text(str(os.getpid()))
+        written.replace(f"{pidfile}.{current.retry_count}")
+        time.sleep(STALL_S)
+    return planted({k: v for k, v in params.items() if k != "behaviour"}, input_shape, n_outputs)

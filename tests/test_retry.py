@@ -89,3 +89,54 @@ def test_killed_train_task_is_retried_and_its_trials_recorded_once(tmp_path: Pat
     assert sorted(r.trial_id for r in data.history) == proposed
     group = {p.trial_id for p in task.data.group}
     assert {r.result.task_pathspec for r in data.records if r.trial_id in group} == {task.pathspec}
+
+
+def _kill_every_attempt(pidfile: Path, attempts: int, stop: threading.Event) -> list[int]:
+    """SIGKILL each attempt of the task that writes `<pidfile>.<attempt>`, as it stalls."""
+    killed: list[int] = []
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    while len(killed) < attempts and not stop.wait(POLL_S) and time.monotonic() < deadline:
+        written = Path(f"{pidfile}.{len(killed)}")
+        if written.exists():
+            pid = int(written.read_text())
+            assert _started_by_this_test(pid), f"pid {pid} is not a task of this test's run"
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
+def test_a_task_killed_past_its_retries_is_a_record_and_the_search_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Its stand-in never set `group`: the join crashed and the cycle's finished trials were
+    lost, and the configuration came back in every later cycle."""
+    objective = write_objective(
+        tmp_path,
+        "flow-dies",
+        model={"builder": "tests.builders:dies"},
+        search_space={"behaviour": {"type": "categorical", "choices": ["ok", "die"]}},
+        budget={"trials_per_cycle": 2, "group_size": 1, "max_epochs": 2},
+        proposers={"enqueue": [{"behaviour": "die"}, {"behaviour": "ok"}]},
+    )
+    pidfile = tmp_path / "dies.pid"
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        killer = pool.submit(_kill_every_attempt, pidfile, 3, stop)  # 1 + TASK_RETRIES
+        try:
+            first = run_cycle(objective, env={"FACTORY_TEST_PIDFILE": str(pidfile)}, fresh=True)
+        finally:
+            stop.set()
+        assert len(killer.result()) == 3
+
+    data = first["end"].task.data
+    by_behaviour = {r.proposal.params["behaviour"]: r for r in data.records}
+    assert by_behaviour["ok"].status == "ok"  # the sibling task's trial is kept
+    died = by_behaviour["die"]
+    assert died.status == "failed"
+    assert "killed by signal 9" in died.result.cause and "attempts 0, 1, 2" in died.result.cause
+
+    second = run_cycle(objective, env={"FACTORY_TEST_PIDFILE": str(pidfile)})
+    later = second["end"].task.data
+    assert later.cycle == 2
+    assert died.trial_id in {r.trial_id for r in later.history}  # kept, append-only
+    assert all(p.params != died.proposal.params for p in later.proposals)  # not proposed again

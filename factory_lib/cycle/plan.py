@@ -163,15 +163,23 @@ def group_trials(
 
 
 def results_from_task(
-    group: Sequence[Proposal], results: Sequence[TrialResult] | None, error: Any
+    group: Sequence[Proposal],
+    results: Sequence[TrialResult] | None,
+    error: Any,
+    death: str | None = None,
 ) -> list[TrialResult]:
-    """A train task's results; if the task itself failed, a record for each of its trials."""
+    """A train task's results; if the task itself failed, a record for each of its trials.
+
+    `death` says how the task's process ended, where the runtime recorded it (e.g. killed by
+    signal 9), and leads the cause.
+    """
     if results is not None and error is None:
         return list(results)
     done = {r.proposal.trial_id: r for r in results or ()}
     kind = getattr(error, "type", type(error).__name__)
     status = "timeout" if "Timeout" in str(kind) else "failed"
-    cause = f"train task failed: {kind}: {getattr(error, 'exception', error)}"[:500]
+    how = f"{death}; " if death else ""
+    cause = f"train task failed: {how}{kind}: {getattr(error, 'exception', error)}"[:500]
     return [
         done.get(p.trial_id) or TrialResult(proposal=p, status=status, cause=cause) for p in group
     ]

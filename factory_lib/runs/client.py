@@ -16,6 +16,12 @@ from factory_lib.registry import ChampionBundle, apply_events, events_from_tags
 
 FLOW_NAME = "CycleFlow"
 OBJECTIVE_TAG = "objective:{}"
+# What a signal that ended a task usually means.
+SIGNAL_NOTES = {
+    9: " (SIGKILL: killed from outside, or by the kernel's out-of-memory killer)",
+    11: " (SIGSEGV: a crash in native code)",
+    15: " (SIGTERM: stopped from outside)",
+}
 
 
 def objective_tag(name: str) -> str:
@@ -105,3 +111,42 @@ def stored_checkpoint(proposal: Proposal) -> bytes:
         raise LookupError(f"task {proposal.checkpoint} kept no checkpoint of {proposal.continues}")
     blob: bytes = stored[proposal.continues]
     return blob
+
+
+def task_death(run_pathspec: str, step: str, index: int) -> str | None:
+    """How the attempts of a foreach task that never finished ended, where the runtime recorded
+    their exit (local runs): e.g. "killed by signal 9 in attempts 0, 1, 2"."""
+    from metaflow.client.core import Step
+    from metaflow.datastore.flow_datastore import FlowDataStore
+    from metaflow.exception import MetaflowException
+    from metaflow.plugins import DATASTORES
+
+    with all_namespaces():
+        task = next((t for t in Step(f"{run_pathspec}/{step}") if t.index == index), None)
+        if task is None:
+            return None
+        meta = task.metadata_dict
+        impl = next((d for d in DATASTORES if meta.get("ds-type") == d.TYPE), None)
+        if impl is None or "ds-root" not in meta:
+            return None
+        flow, run = run_pathspec.split("/")
+        store = FlowDataStore(flow, None, storage_impl=impl, ds_root=meta["ds-root"])  # type: ignore[no-untyped-call]
+        signals: dict[int, list[int]] = {}
+        for attempt in range(int(meta.get("attempt", 0)) + 1):
+            try:
+                attempt_store = store.get_task_datastore(  # type: ignore[no-untyped-call]
+                    run, step, task.id, attempt=attempt, mode="r", allow_not_done=True
+                )
+                code = attempt_store.load_metadata(["runtime"])["runtime"]["return_code"]
+            except (KeyError, OSError, MetaflowException):  # no exit recorded (e.g. on Batch)
+                continue
+            if isinstance(code, int) and code < 0:
+                signals.setdefault(-code, []).append(attempt)
+    return (
+        "; ".join(
+            f"killed by signal {sig}{SIGNAL_NOTES.get(sig, '')} in attempt"
+            f"{'s' if len(tries) > 1 else ''} {', '.join(map(str, tries))}"
+            for sig, tries in sorted(signals.items())
+        )
+        or None
+    )
