@@ -85,6 +85,32 @@ def append(previous: Sequence[TrialRecord], new: Sequence[TrialRecord]) -> tuple
     return (*previous, *new)
 
 
+def numbering_problem(history: Sequence[TrialRecord], cycle: int) -> str | None:
+    """What is wrong with the trial numbering of a cycle's history, or None.
+
+    Each cycle numbers its new trials on from every number used before it, so along history
+    the numbers of new trials only grow; a continuation (successive halving) keeps the number
+    of the trial it continues, which history holds. No trial id appears twice, and no trial
+    is from a cycle after this one.
+    """
+    ids = [r.trial_id for r in history]
+    if len(set(ids)) != len(ids):
+        return f"trial ids repeat: {sorted({i for i in ids if ids.count(i) > 1})}"
+    last = -1
+    for r in history:
+        p = r.proposal
+        if p.cycle > cycle:
+            return f"{r.trial_id} is from cycle {p.cycle}, after this cycle {cycle}"
+        if p.continues is not None:
+            if p.continues not in ids:
+                return f"{r.trial_id} continues {p.continues}, which history does not hold"
+        elif p.number <= last:
+            return f"{r.trial_id} has number {p.number}, not after the {last} before it"
+        else:
+            last = p.number
+    return None
+
+
 def check_extends(previous: Sequence[TrialRecord], current: Sequence[TrialRecord]) -> None:
     """Raise unless `current` starts with every record of `previous`, unchanged."""
     if len(current) < len(previous) or any(a != b for a, b in zip(previous, current, strict=False)):

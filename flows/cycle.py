@@ -3,16 +3,19 @@
     start ─► propose ─► train (foreach group) ─► join ─► gate ─► measure (foreach job) ─► decide
           ─► end
 
-    start    validate the objective, pick up the latest successful cycle of it, check the budget
+    start    take the objective's lease (one cycle at a time), pick up the latest successful
+             cycle of it, checked, and check the budget
     propose  ask the proposers for this cycle's trials (they see validation numbers only)
     train    one Lightning fit per trial; every outcome, crash included, becomes a record;
              under successive halving the group's best continue from their checkpoints
-    join     score and flag every trial, extend the append-only history
+    join     check no newer cycle finished meanwhile; score and flag every trial, extend the
+             append-only history
     gate     list what the promotion gate needs measured, and fan it out
     measure  with train's resources: re-train the challenger (and the champion) over seeds,
              export the challenger; a task with nothing to do imports no Lightning
     decide   the champion/challenger gate on those measurements, a new champion's model card
-    end      render the cycle card; tag the run `objective:<name>` so the next cycle chains
+    end      render the cycle card; tag the run `objective:<name>` so the next cycle chains;
+             give the lease back
 
 train and measure retry a task that died (killed, lost node) before @catch records what is
 left; a trial's own exception is a record at once and is never retried (docs/architecture.md).
@@ -23,6 +26,7 @@ Run it:
     python flows/cycle.py --config objective objectives/wine.yaml run --trials 4 --epochs 5
     python flows/cycle.py run --fresh                       # start a new search
     python flows/cycle.py resume                            # rerun only what did not finish
+    python flows/cycle.py run --from-run 1234               # continue from that cycle instead
     python flows/cycle.py card get <run-id>/end card.html   # the cycle card, to open offline
 
 Scale out (docs/scale-out.md): the same flow with `--with batch` on AWS Batch GPUs, or deployed
@@ -36,10 +40,12 @@ from __future__ import annotations
 
 import sys
 
-from factory_lib.runs.env import ensure_metaflow_user, local_worker_default
+from factory_lib.runs.env import datastore_problem, ensure_metaflow_user, local_worker_default
 
 ensure_metaflow_user()
 local_worker_default(sys.argv)
+if __name__ == "__main__" and (problem := datastore_problem(sys.argv)):
+    sys.exit(problem)  # one line naming the path, not Metaflow's internal-error traceback
 
 from collections.abc import Callable  # noqa: E402
 from typing import Any, TypeVar, cast  # noqa: E402
@@ -49,7 +55,6 @@ from metaflow import (  # type: ignore[attr-defined]  # noqa: E402
     Config,
     FlowSpec,
     Parameter,
-    Run,
     card,
     catch,
     config_expr,
@@ -161,17 +166,28 @@ class CycleFlow(FlowSpec):
         is_flag=True,  # type: ignore[arg-type]  # Metaflow annotates **kwargs as a dict
         help="start a new search instead of continuing",
     )
+    from_run = Parameter(
+        "from-run",
+        type=str,
+        default="",
+        help="continue from this run id of the objective instead of its latest cycle "
+        "(docs/reliability.md: a damaged run)",
+    )
 
     @step
     def start(self) -> None:
-        """Plan the cycle from the objective and the latest successful cycle."""
-        from factory_lib.cycle.plan import plan_cycle
+        """Take the objective's lease; plan the cycle from the latest successful cycle."""
+        from factory_lib.cycle.plan import start_cycle
 
         spec = Objective.model_validate(self.objective.to_dict()).with_overrides(
             cast(int, self.trials), cast(int, self.epochs)
         )
-        self.plan = plan_cycle(
-            spec, str(current.flow_name), current.run_id, fresh=cast(bool, self.fresh)
+        self.plan = start_cycle(
+            spec,
+            str(current.flow_name),
+            str(current.run_id),
+            fresh=cast(bool, self.fresh),
+            from_run=cast(str, self.from_run) or None,
         )
         print(f"{spec.name}: cycle {self.plan.cycle}, {len(self.plan.history)} earlier trials")
         for notice in self.plan.notices:
@@ -229,12 +245,18 @@ class CycleFlow(FlowSpec):
         """Score and flag every trial and extend the append-only history."""
         from factory_lib.cycle.close import score_cycle
         from factory_lib.cycle.plan import results_from_task
+        from factory_lib.runs.lease import check_not_superseded
 
         # Each task pickles what it read again (set order varies by process), so Metaflow's
         # merge_artifacts sees "conflicts" in identical values: take them from the first input.
         first = inputs[0]
         self.plan, self.proposals = first.plan, first.proposals
         self.mix, self.llm_report = first.mix, first.llm_report
+        pathspec = f"{current.flow_name}/{current.run_id}"
+        for notice in check_not_superseded(
+            self.plan.objective.name, self.plan.newest_cycle, pathspec
+        ):
+            print(notice)
         results = [
             r
             for inp in inputs
@@ -311,13 +333,15 @@ class CycleFlow(FlowSpec):
         from factory_lib.explore.analysis import CycleView
         from factory_lib.explore.cards import cycle_card
         from factory_lib.history import state_of
-        from factory_lib.runs.client import objective_tag
+        from factory_lib.runs.lease import publish_cycle
 
         pathspec = f"{current.flow_name}/{current.run_id}"
         current.card["cycle"].extend(  # type: ignore[attr-defined]  # added by @card
             cycle_card(CycleView.of(state_of(self, pathspec)))
         )
-        Run(pathspec).add_tag(objective_tag(self.plan.objective.name))
+        plan = self.plan
+        for notice in publish_cycle(plan.objective.name, plan.newest_cycle, plan.lease, pathspec):
+            print(notice)
         print(f"{self.plan.objective.name}: cycle {self.cycle} done; {self.decision.reason}")
 
 

@@ -149,6 +149,7 @@ def test_a_warm_start_seeds_the_study_and_is_marked() -> None:
 def test_a_cycle_plans_its_warm_start_from_the_other_objectives_history(monkeypatch) -> None:
     from factory_lib.cycle import plan as cycle_module
     from factory_lib.history import CycleState
+    from factory_lib.runs.client import Chain
 
     objective = _warm_objective()
     other = CycleState(
@@ -165,7 +166,12 @@ def test_a_cycle_plans_its_warm_start_from_the_other_objectives_history(monkeypa
         asked.append(name)
         return other if name == "iris-wide" else None
 
+    def chain(flow: str, name: str, exclude_run: str | None = None, from_run: str | None = None):
+        asked.append(name)
+        return Chain(previous=None, newest=None)
+
     monkeypatch.setattr(cycle_module, "latest_cycle", latest)
+    monkeypatch.setattr(cycle_module, "chain_from", chain)
     plan = cycle_module.plan_cycle(objective, "CycleFlow", "8")
     assert asked == ["smoke", "iris-wide"] and plan.cycle == 1 and plan.history == ()
     assert plan.warm_start == other.history

@@ -1,4 +1,5 @@
-"""A cycle's beginning: the plan from the latest successful cycle, the proposals, the groups.
+"""A cycle's beginning: the lease, the plan from the latest successful cycle, the proposals,
+the groups.
 
 The start and propose steps call these; they import neither torch nor Lightning.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from factory_lib.data.describe import describe_data
@@ -21,7 +22,8 @@ from factory_lib.propose.mix import Mix, llm_mix
 from factory_lib.propose.optuna_proposer import OptunaProposer
 from factory_lib.records import Proposal, TrialRecord, TrialResult
 from factory_lib.registry.gate import Champion
-from factory_lib.runs.client import latest_cycle
+from factory_lib.runs.client import Chain, chain_from, latest_cycle, newest_cycle
+from factory_lib.runs.lease import Lease, release_lease, take_lease
 from factory_lib.train.prune import Curves, history_curves
 
 
@@ -40,6 +42,11 @@ class CyclePlan:
     previous: CycleState | None
     notices: tuple[str, ...] = ()
     warm_start: tuple[TrialRecord, ...] = ()  # history of `proposers.warm_start`'s objective
+    # The search's next unused trial number: numbering goes on after every run of the search,
+    # also one that --from-run skipped, so that no trial id or seed is used twice.
+    first_number: int = 0
+    newest_cycle: str | None = None  # the newest successful cycle when planned (pathspec)
+    lease: Lease | None = None  # held from start to end: one cycle at a time per search
 
     @property
     def history(self) -> tuple[TrialRecord, ...]:
@@ -67,19 +74,54 @@ class ProposalBatch:
         return self.llm_report.notices if self.llm_report else ()
 
 
-def plan_cycle(
-    objective: Objective, flow_name: str, run_id: str | None, fresh: bool = False
+def start_cycle(
+    objective: Objective,
+    flow_name: str,
+    run_id: str,
+    fresh: bool = False,
+    from_run: str | None = None,
 ) -> CyclePlan:
-    """Find the previous cycle (unless `fresh`), check the budget and describe the data."""
-    previous = None if fresh else latest_cycle(flow_name, objective.name, exclude_run=run_id)
-    cycle = previous.cycle + 1 if previous else 1
+    """The start step: take the objective's lease (runs.lease), then plan the cycle. A start that
+    fails gives the lease back: there is nothing to resume."""
+    lease, notices = take_lease(objective, f"{flow_name}/{run_id}")
+    try:
+        plan = plan_cycle(objective, flow_name, run_id, fresh, from_run)
+    except BaseException:
+        release_lease(lease)
+        raise
+    return replace(plan, lease=lease, notices=(*notices, *plan.notices))
+
+
+def plan_cycle(
+    objective: Objective,
+    flow_name: str,
+    run_id: str | None,
+    fresh: bool = False,
+    from_run: str | None = None,
+) -> CyclePlan:
+    """Find the previous cycle (unless `fresh`; `from_run` names it explicitly), checked
+    (runs.client.chain_from), check the budget and describe the data."""
+    if fresh and from_run:
+        raise ValueError("--fresh starts a new search and --from-run continues one: choose one")
+    chain = (
+        Chain(previous=None, newest=newest_cycle(flow_name, objective.name, exclude_run=run_id))
+        if fresh
+        else chain_from(flow_name, objective.name, exclude_run=run_id, from_run=from_run)
+    )
+    previous = chain.previous
+    cycle = chain.last_cycle + 1 if previous else 1
     if cycle > objective.budget.max_cycles:
         raise BudgetSpent(
             f"objective {objective.name!r} has run {cycle - 1} cycles of its budget.max_cycles="
             f"{objective.budget.max_cycles}: raise the budget or start with --fresh"
         )
     data, preprocessing = describe_data(objective)
-    notices = []
+    notices = list(chain.notices)
+    if previous and from_run:
+        notices.append(
+            f"--from-run {from_run}: continuing from {previous.run_pathspec} (cycle "
+            f"{previous.cycle}); this is cycle {cycle}, trial numbers from {chain.last_number + 1}"
+        )
     if objective.proposers.llm is not None and not os.environ.get(KEY_VARIABLE):
         notices.append(
             f"LLM proposer off: {KEY_VARIABLE} is not set, so this cycle runs on Optuna alone "
@@ -104,6 +146,8 @@ def plan_cycle(
         previous=previous,
         notices=tuple(notices),
         warm_start=warm,
+        first_number=chain.last_number + 1 if previous else 0,
+        newest_cycle=chain.newest,
     )
 
 
@@ -114,7 +158,7 @@ def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
     seen = seen_by_proposers(objective, plan.history)
     promoted = promotions(objective, plan.history, plan.cycle)[: objective.budget.trials_per_cycle]
     n = objective.budget.trials_per_cycle - len(promoted)
-    first = len(plan.history)
+    first = max(plan.first_number, len(plan.history))
     mix, report = None, None
     from_llm: list[Proposal] = []
     if objective.proposers.llm is not None and (

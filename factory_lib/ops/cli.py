@@ -8,6 +8,7 @@ factory show c002-t05 [--objective digits]       # one trial's record
 factory export-optuna --objective digits sqlite:///digits.db   # history as an Optuna study
 factory profile --stack dark-factory --image IMAGE   # Metaflow profile `aws` from the stack
 factory doctor --profile aws                         # is the AWS side there and usable?
+factory unlock digits                            # remove the lease a dead cycle left behind
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from factory_lib.objective import (
 )
 from factory_lib.ops.loop import FLOW_FILE, loop
 from factory_lib.ops.profile import ProfileError
-from factory_lib.runs.client import FLOW_NAME
+from factory_lib.runs.client import FLOW_NAME, DamagedRunError
+from factory_lib.runs.lease import DatastoreError
 
 
 def status(args: argparse.Namespace) -> int:
@@ -177,6 +179,24 @@ def registry_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def unlock_command(args: argparse.Namespace) -> int:
+    """Remove an objective's lease, so that a new cycle can start; say whose it was."""
+    from factory_lib.runs.env import ensure_metaflow_user
+
+    ensure_metaflow_user()  # before Metaflow reads its configuration
+    from factory_lib.runs.lease import unlock
+
+    removed = unlock(args.objective)
+    if removed is None:
+        print(f"{args.objective}: no lease held")
+    elif isinstance(removed, str):
+        print(f"{args.objective}: removed an unreadable lease ({removed})")
+    else:
+        print(f"{args.objective}: removed the lease of {removed.describe()}")
+        print(f"(should {removed.run} still be running, it stops if a newer cycle finishes first)")
+    return 0
+
+
 def _objective_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default="digits", help="objective name (digits)")
 
@@ -246,6 +266,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--metadata-url", help="Metaflow metadata service URL (METAFLOW_SERVICE_URL)")
     m.add_argument("--name", default="aws", help="profile name (aws)")
     m.set_defaults(func=profile)
+
+    u = sub.add_parser("unlock", help="remove the lease of an objective a dead cycle left")
+    u.add_argument("objective", help="objective name")
+    u.set_defaults(func=unlock_command)
     return parser
 
 
@@ -261,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except LookupError as exc:
         print(f"factory: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except (DamagedRunError, DatastoreError) as exc:
+        print(f"factory: {exc}", file=sys.stderr)
         return 1
     return result
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from factory_lib.history import CycleState, state_of
+from factory_lib.history import CycleState, numbering_problem, state_of
 from factory_lib.records import Proposal
 from factory_lib.registry import ChampionBundle, apply_events, events_from_tags
 
@@ -45,8 +46,64 @@ def all_namespaces() -> Iterator[None]:
         namespace(before)
 
 
-def cycle_runs(flow_name: str, objective_name: str) -> list[Any]:
-    """The successful cycles of an objective, newest first (metaflow.Run objects)."""
+class DamagedRunError(RuntimeError):
+    """A cycle the search would continue from cannot be trusted: the message names the run, what
+    failed in it and how to continue from the last good cycle (`--from-run`)."""
+
+    def __init__(self, run: str, problem: str, hint: str = "") -> None:
+        self.run, self.problem, self.hint = run, problem, hint
+        super().__init__(f"{run} cannot be continued from: {problem}{hint}")
+
+    def with_hint(self, hint: str) -> DamagedRunError:
+        return DamagedRunError(self.run, self.problem, hint)
+
+
+# What `state_of` cannot do without: missing from a finished cycle's end step, the run is damaged.
+END_ARTIFACTS = frozenset(
+    {"cycle", "history", "records", "champion", "champion_package", "stale_cycles", "decision"}
+)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """What a new cycle continues: the previous cycle's state (people's decisions applied), the
+    newest successful cycle of the objective (when looked), and the highest cycle and trial
+    numbers the search has used, damaged runs included, so that none is used twice."""
+
+    previous: CycleState | None
+    newest: str | None
+    last_cycle: int = 0
+    last_number: int = -1
+    notices: tuple[str, ...] = ()
+
+
+class _CheckedData:
+    """A finished run's end artifacts; one that cannot be loaded (a blob truncated or emptied, a
+    datastore that cannot be read) raises DamagedRunError naming it."""
+
+    def __init__(self, pathspec: str, data: Any) -> None:
+        self._pathspec, self._data = pathspec, data
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return getattr(self._data, name)
+        except AttributeError:
+            if name in END_ARTIFACTS:
+                raise DamagedRunError(
+                    self._pathspec, f"its end step has no artifact {name!r}"
+                ) from None
+            raise
+        except Exception as exc:
+            raise DamagedRunError(
+                self._pathspec,
+                f"its artifact {name!r} cannot be read ({type(exc).__name__}: {exc})",
+            ) from exc
+
+
+def search_runs(flow_name: str, objective_name: str) -> list[Any]:
+    """Every run tagged `objective:<name>` (finished or not), newest first (metaflow.Run)."""
     from metaflow.client.core import Flow
     from metaflow.exception import MetaflowNotFound
 
@@ -55,28 +112,75 @@ def cycle_runs(flow_name: str, objective_name: str) -> list[Any]:
             runs = list(Flow(flow_name).runs(objective_tag(objective_name)))  # type: ignore[no-untyped-call]
         except MetaflowNotFound:
             return []
-        done = [r for r in runs if r.successful]
-    return sorted(done, key=lambda r: r.created_at, reverse=True)
+    return sorted(runs, key=lambda r: r.created_at, reverse=True)
+
+
+def cycle_runs(flow_name: str, objective_name: str) -> list[Any]:
+    """The successful cycles of an objective, newest first (metaflow.Run objects)."""
+    with all_namespaces():
+        return [r for r in search_runs(flow_name, objective_name) if r.successful]
+
+
+def newest_cycle(flow_name: str, objective_name: str, exclude_run: str | None = None) -> str | None:
+    """The pathspec of the objective's newest successful cycle, or None."""
+    runs = [r for r in cycle_runs(flow_name, objective_name) if r.id != exclude_run]
+    return runs[0].pathspec if runs else None
 
 
 def read_cycle(run: Any) -> CycleState:
-    """A finished cycle's state from its metaflow.Run (its end step's artifacts, typed)."""
+    """A finished cycle's state from its metaflow.Run (its end step's artifacts, typed).
+
+    DamagedRunError names the artifact that cannot be read, or what is wrong with its history.
+    """
     with all_namespaces():
-        return state_of(run["end"].task.data, run.pathspec, str(run.created_at))
+        try:
+            data = run["end"].task.data
+        except Exception as exc:
+            raise DamagedRunError(
+                run.pathspec, f"its end step cannot be read ({type(exc).__name__}: {exc})"
+            ) from exc
+        state = state_of(_CheckedData(run.pathspec, data), run.pathspec, str(run.created_at))
+    problem = numbering_problem(state.history, state.cycle)
+    if problem is not None:
+        raise DamagedRunError(run.pathspec, f"its artifact 'history' is inconsistent: {problem}")
+    return state
 
 
-def latest_cycle(
-    flow_name: str, objective_name: str, exclude_run: str | None = None
-) -> CycleState | None:
-    """The state left by the latest successful cycle of this objective, with people's registry
-    decisions (approve, reject, rollback: tags on its run) applied."""
-    for run in cycle_runs(flow_name, objective_name):
-        if run.id == exclude_run:
-            continue
-        state = read_cycle(run)
-        with all_namespaces():
-            tag_events = events_from_tags(list(run.tags), run.pathspec)
-        return state.with_decisions(
+def chain_from(
+    flow_name: str,
+    objective_name: str,
+    exclude_run: str | None = None,
+    from_run: str | None = None,
+) -> Chain:
+    """What the next cycle of an objective continues, checked.
+
+    By default the newest successful cycle; a tagged run newer than it that did not succeed (its
+    end step missing or failed), or a newest cycle whose artifacts cannot be read, is a
+    DamagedRunError that says how to continue from the last good cycle: `from_run`, a run id,
+    chains from that run explicitly.
+    """
+    with all_namespaces():
+        runs = [r for r in search_runs(flow_name, objective_name) if r.id != exclude_run]
+        ok = [r for r in runs if r.successful]
+        newest = ok[0].pathspec if ok else None
+        if from_run:
+            base = _tagged_run(runs, flow_name, objective_name, from_run)
+        else:
+            base = ok[0] if ok else None
+            newer = _newer_than(runs, base)
+            if newer:
+                raise DamagedRunError(
+                    newer[0].pathspec, _unfinished(newer[0], objective_name)
+                ).with_hint(_continue_hint(ok, objective_name))
+        if base is None:
+            return Chain(previous=None, newest=newest)
+        try:
+            state = read_cycle(base)
+        except DamagedRunError as exc:
+            older = [r for r in ok if r.created_at < base.created_at]
+            raise exc.with_hint(_continue_hint(older, objective_name)) from exc
+        tag_events = events_from_tags(list(base.tags), base.pathspec)
+        state = state.with_decisions(
             *apply_events(
                 state.bundle,
                 state.pending,
@@ -84,7 +188,101 @@ def latest_cycle(
                 lambda trial_id: find_version(flow_name, objective_name, trial_id),
             )
         )
-    return None
+        last_cycle, last_number = (
+            state.cycle,
+            max((r.proposal.number for r in state.history), default=-1),
+        )
+        notices: list[str] = []
+        for run in _newer_than(runs, base):  # skipped by --from-run: their numbers stay used
+            cycle, number, notice = _numbers_used(run)
+            last_cycle, last_number = max(last_cycle, cycle), max(last_number, number)
+            notices.extend(notice)
+    return Chain(state, newest, last_cycle, last_number, tuple(notices))
+
+
+def latest_cycle(
+    flow_name: str,
+    objective_name: str,
+    exclude_run: str | None = None,
+    from_run: str | None = None,
+) -> CycleState | None:
+    """The state left by the latest successful cycle of this objective (or by `from_run`), with
+    people's registry decisions (approve, reject, rollback: tags on its run) applied; checked
+    as `chain_from` says."""
+    return chain_from(flow_name, objective_name, exclude_run, from_run).previous
+
+
+def _newer_than(runs: list[Any], base: Any) -> list[Any]:
+    """The runs (newest first) created after `base`; all of them when `base` is None."""
+    return [r for r in runs if base is None or r.created_at > base.created_at]
+
+
+def _tagged_run(runs: list[Any], flow_name: str, objective_name: str, run_id: str) -> Any:
+    """The run `--from-run` names: a successful cycle of this objective."""
+    found = [r for r in runs if r.id == run_id]
+    if not found:
+        raise LookupError(
+            f"--from-run {run_id}: {flow_name}/{run_id} is not a cycle of objective "
+            f"{objective_name!r} (no run tagged {objective_tag(objective_name)} has that id)"
+        )
+    if not found[0].successful:
+        raise DamagedRunError(found[0].pathspec, _unfinished(found[0], objective_name))
+    return found[0]
+
+
+def _unfinished(run: Any, objective_name: str) -> str:
+    """Why a tagged run that is not successful cannot be continued from."""
+    end = run.end_task
+    if end is not None and not end.finished:
+        return (
+            f"it is tagged {objective_tag(objective_name)} but its end step is still running: "
+            "wait for it to finish"
+        )
+    how = "failed" if end is not None else "is missing"
+    return (
+        f"it is tagged {objective_tag(objective_name)}, so it is the newest cycle of the "
+        f"search, but it did not finish successfully (its end step {how}), and its history "
+        "cannot be trusted"
+    )
+
+
+def _continue_hint(candidates: list[Any], objective_name: str) -> str:
+    """How to continue from the newest of `candidates` (successful runs, newest first) that
+    reads back whole; starting a new search when none does."""
+    for run in candidates:
+        try:
+            state = read_cycle(run)
+        except DamagedRunError:
+            continue
+        return (
+            f"\nTo continue the search of {objective_name!r} from its last good cycle, "
+            f"{run.pathspec} (cycle {state.cycle}): python flows/cycle.py run --from-run "
+            f"{run.id} (with the same --config objective); or start a new search with --fresh."
+        )
+    return (
+        f"\nNo earlier cycle of {objective_name!r} reads back whole: start a new search with "
+        "python flows/cycle.py run --fresh."
+    )
+
+
+def _numbers_used(run: Any) -> tuple[int, int, tuple[str, ...]]:
+    """The cycle number and highest trial number a run that the chain skips has used, as far as
+    its start and propose steps can be read; a notice for what cannot be."""
+    cycle, number, notices = 0, -1, []
+    try:
+        proposals = run["propose"].task["proposals"].data
+        cycle = max((p.cycle for p in proposals), default=0)
+        number = max((p.number for p in proposals), default=-1)
+    except Exception as exc:  # noqa: BLE001  recorded: numbering goes on from what can be read
+        notices.append(
+            f"{run.pathspec}: its proposals cannot be read ({type(exc).__name__}: {exc}); "
+            "trial numbers continue after those of the runs that can be"
+        )
+    try:
+        cycle = max(cycle, run["start"].task["plan"].data.cycle)
+    except Exception as exc:  # noqa: BLE001  recorded, as above
+        notices.append(f"{run.pathspec}: its plan cannot be read ({type(exc).__name__}: {exc})")
+    return cycle, number, tuple(notices)
 
 
 def find_version(flow_name: str, objective_name: str, trial_id: str) -> ChampionBundle:

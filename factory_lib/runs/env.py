@@ -1,10 +1,13 @@
-"""The process environment a run needs before Metaflow is imported: a user name, local workers."""
+"""The process environment a run needs before Metaflow is imported: a user name, local workers;
+and, before a run starts, a datastore it can write to."""
 
 from __future__ import annotations
 
 import os
 import pwd
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 DEFAULT_USER = "factory"
 
@@ -32,3 +35,51 @@ def local_worker_default(argv: Sequence[str]) -> None:
         workers = str(os.cpu_count() or 1)
         os.environ.setdefault("METAFLOW_RUN_MAX_WORKERS", workers)
         os.environ.setdefault("METAFLOW_RESUME_MAX_WORKERS", workers)
+
+
+def datastore_problem(argv: Sequence[str]) -> str | None:
+    """Why `run` or `resume` could not write to the local datastore, in one line naming the
+    path; None when it can (or when the command, or the datastore, is another).
+
+    Metaflow's own error for a read-only or full datastore is an internal-error traceback from
+    deep in its runtime. Call it after `ensure_metaflow_user` (it reads Metaflow's
+    configuration); tasks skip it (their runtime checked).
+    """
+    if not {"run", "resume"} & set(argv):
+        return None
+    kind, root = _option(argv, "--datastore"), _option(argv, "--datastore-root")
+    from metaflow.metaflow_config import DEFAULT_DATASTORE
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    if (kind or DEFAULT_DATASTORE) != "local":
+        return None
+    root = root or LocalStorage.get_datastore_root_from_config(  # type: ignore[no-untyped-call]
+        lambda *_: None, create_on_absent=False
+    )
+    path = Path(root) if root else Path.cwd() / LocalStorage.DATASTORE_DIR
+    probe = next(p for p in (path, *path.parents) if p.exists())  # what Metaflow writes into
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".factory-probe-")
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)  # a full disk may only say so here
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        return (
+            f"factory: cannot write to the datastore at {path}: {exc.strerror or exc} "
+            f"({exc.filename or probe}). Is it mounted read-only, full, or not yours to write? "
+            "Nothing was started."
+        )
+    return None
+
+
+def _option(argv: Sequence[str], name: str) -> str | None:
+    """The value of a top-level option given as `--name value` or `--name=value`."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
