@@ -48,17 +48,20 @@ class ScoredCycle:
 
 @dataclass(frozen=True)
 class MeasureJob:
-    """One task of the measure step: re-train a trial with `seeds - 1` other seeds, export the
+    """One task of the measure step: re-train a trial with `seeds - 1` other seeds (and, with
+    `export`, export it too: one process and one import of Lightning for both), export the
     challenger, or nothing (a foreach needs at least one task)."""
 
     kind: JobKind
     trial_id: str = ""
     record: TrialRecord | None = None
     seeds: int = 0
+    export: bool = False
 
     def describe(self) -> str:
         if self.kind == "seeds":
-            return f"re-measure {self.trial_id} over {self.seeds} seeds"
+            also = " and export it" if self.export else ""
+            return f"re-measure {self.trial_id} over {self.seeds} seeds{also}"
         if self.kind == "export":
             return f"export {self.trial_id} (TorchScript, ONNX)"
         return "nothing to measure"
@@ -133,8 +136,9 @@ def measure_jobs(plan: CyclePlan, scored: ScoredCycle) -> list[MeasureJob]:
     k = objective.promotion.seeds
     challenger = challenger_of(scored.records)
     jobs: list[MeasureJob] = []
+    exportable = challenger is not None and no_export_reason(objective) is None
     if challenger is not None and k > 1:
-        jobs.append(MeasureJob("seeds", challenger.trial_id, challenger, k))
+        jobs.append(MeasureJob("seeds", challenger.trial_id, challenger, k, export=exportable))
         champion = plan.champion
         if champion is not None and (
             len(champion.seed_values) < k
@@ -142,7 +146,7 @@ def measure_jobs(plan: CyclePlan, scored: ScoredCycle) -> list[MeasureJob]:
             != (challenger.result.evaluator, challenger.result.data_fingerprint)
         ):
             jobs.append(MeasureJob("seeds", champion.trial_id, champion.record, k))
-    if challenger is not None and no_export_reason(objective) is None:
+    elif challenger is not None and exportable:
         jobs.append(MeasureJob("export", challenger.trial_id))
     return jobs or [MeasureJob("none")]
 
@@ -232,7 +236,7 @@ def exports_of(
     if reason is not None:
         return None, ExportSummary(error=reason)
     for m in measurements:
-        if m.job.kind == "export" and m.job.trial_id == trial_id and m.export_summary:
+        if m.job.trial_id == trial_id and m.export_summary:
             return m.exports, m.export_summary
     return None, ExportSummary(error="the export task did not finish; no exports were made")
 

@@ -24,15 +24,15 @@ def run_job(
     plan: CyclePlan, job: MeasureJob, candidate: ModelPackage | None, concurrent_tasks: int = 1
 ) -> Measurement:
     """Do one measure job; a failed re-training or export is part of the measurement."""
+    values: tuple[float, ...] = ()
     if job.kind == "seeds":
         assert job.record is not None
         values = seed_values(plan.objective, job.record, job.seeds, concurrent_tasks)
+    if job.kind != "export" and not job.export:
         return Measurement(job, values=values)
-    if job.kind == "export":
-        assert candidate is not None and candidate.trial_id == job.trial_id
-        exports, summary = export_or_note(candidate, plan.objective)
-        return Measurement(job, exports=exports, export_summary=summary)
-    return Measurement(job)
+    assert candidate is not None and candidate.trial_id == job.trial_id
+    exports, summary = export_or_note(candidate, plan.objective)
+    return Measurement(job, values=values, exports=exports, export_summary=summary)
 
 
 def seed_values(
