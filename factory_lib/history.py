@@ -51,6 +51,16 @@ class CycleState:
         return replace(self, bundle=bundle, pending=pending, events=(*self.events, *applied))
 
 
+def champion_of(data: Any) -> ChampionBundle | None:
+    """The champion a cycle's end artifacts hold (`data` as in `state_of`), reading only those."""
+    return ChampionBundle.of(
+        data.champion,
+        data.champion_package,
+        getattr(data, "model_card", None),
+        getattr(data, "exports", None),
+    )
+
+
 def state_of(data: Any, run_pathspec: str, created_at: str = "") -> CycleState:
     """The one reader of a cycle's end artifacts: `data` is a finished run's `task.data`, or the
     flow itself in its last step. Artifacts that older cycles did not write take defaults."""
@@ -58,12 +68,7 @@ def state_of(data: Any, run_pathspec: str, created_at: str = "") -> CycleState:
         run_pathspec=run_pathspec,
         cycle=data.cycle,
         history=tuple(data.history),
-        bundle=ChampionBundle.of(
-            data.champion,
-            data.champion_package,
-            getattr(data, "model_card", None),
-            getattr(data, "exports", None),
-        ),
+        bundle=champion_of(data),
         stale_cycles=data.stale_cycles,
         # cycles run before LLM accounting existed spent nothing on it
         llm_usd_total=getattr(data, "llm_usd_total", 0.0),

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from factory_lib.history import CycleState, numbering_problem, state_of
+from factory_lib.history import CycleState, champion_of, numbering_problem, state_of
 from factory_lib.records import Proposal
 from factory_lib.registry import ChampionBundle, apply_events, events_from_tags
 
@@ -127,19 +127,25 @@ def newest_cycle(flow_name: str, objective_name: str, exclude_run: str | None = 
     return runs[0].pathspec if runs else None
 
 
+def end_data(run: Any) -> Any:
+    """A finished run's end artifacts, each read checked (`_CheckedData`); call in
+    `all_namespaces()`."""
+    try:
+        data = run["end"].task.data
+    except Exception as exc:
+        raise DamagedRunError(
+            run.pathspec, f"its end step cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
+    return _CheckedData(run.pathspec, data)
+
+
 def read_cycle(run: Any) -> CycleState:
     """A finished cycle's state from its metaflow.Run (its end step's artifacts, typed).
 
     DamagedRunError names the artifact that cannot be read, or what is wrong with its history.
     """
     with all_namespaces():
-        try:
-            data = run["end"].task.data
-        except Exception as exc:
-            raise DamagedRunError(
-                run.pathspec, f"its end step cannot be read ({type(exc).__name__}: {exc})"
-            ) from exc
-        state = state_of(_CheckedData(run.pathspec, data), run.pathspec, str(run.created_at))
+        state = state_of(end_data(run), run.pathspec, str(run.created_at))
     problem = numbering_problem(state.history, state.cycle)
     if problem is not None:
         raise DamagedRunError(run.pathspec, f"its artifact 'history' is inconsistent: {problem}")
@@ -288,10 +294,11 @@ def _numbers_used(run: Any) -> tuple[int, int, tuple[str, ...]]:
 def find_version(flow_name: str, objective_name: str, trial_id: str) -> ChampionBundle:
     """A trial that was ever champion or candidate of an objective, with its package."""
     for run in cycle_runs(flow_name, objective_name):
-        state = read_cycle(run)
-        for bundle in (state.bundle, state.pending):
-            if bundle is not None and bundle.trial_id == trial_id:
-                return bundle
+        with all_namespaces():  # the champion artifacts alone: not every cycle's history
+            data = end_data(run)
+            for bundle in (champion_of(data), getattr(data, "pending", None)):
+                if bundle is not None and bundle.trial_id == trial_id:
+                    return bundle
     raise LookupError(
         f"objective {objective_name!r} never had {trial_id!r} as champion or candidate"
     )
