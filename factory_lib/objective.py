@@ -316,7 +316,7 @@ class LLMSpec(_Strict):
     max_usd_per_cycle: float = Field(default=0.5, ge=0)
     max_usd_total: float = Field(default=10.0, ge=0)
     price: PriceSpec | None = Field(
-        default=None, description="default: factory_lib.propose.llm.client.PRICES"
+        default=None, description="default: factory_lib.propose.llm.report.PRICES"
     )
     show_best: int = Field(default=10, ge=1, description="best trials shown to the model")
     show_failures: int = Field(default=5, ge=0, description="recent failures shown to the model")

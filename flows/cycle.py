@@ -1,11 +1,10 @@
 """CycleFlow: one run is one cycle of the dark factory.
 
-    start ─► propose ─► train (foreach group) ─► join ─► gate ─► measure (foreach job) ─► decide
-          ─► end
+    start ─► train (foreach group) ─► join ─► gate ─► measure (foreach job) ─► decide ─► end
 
     start    take the objective's lease (one cycle at a time), pick up the latest successful
-             cycle of it, checked, and check the budget
-    propose  ask the proposers for this cycle's trials (they see validation numbers only)
+             cycle of it, checked, and check the budget; ask the proposers for this cycle's
+             trials (they see validation numbers only)
     train    one Lightning fit per trial; every outcome, crash included, becomes a record;
              under successive halving the group's best continue from their checkpoints
     join     check no newer cycle finished meanwhile; score and flag every trial, extend the
@@ -176,37 +175,28 @@ class CycleFlow(FlowSpec):
 
     @step
     def start(self) -> None:
-        """Take the objective's lease; plan the cycle from the latest successful cycle."""
-        from factory_lib.cycle.plan import start_cycle
+        """Take the objective's lease, plan from the latest successful cycle, and propose this
+        cycle's trials, grouped for the train foreach."""
+        from factory_lib.cycle.propose import group_trials, open_cycle
 
         spec = Objective.model_validate(self.objective.to_dict()).with_overrides(
             cast(int, self.trials), cast(int, self.epochs)
         )
-        self.plan = start_cycle(
+        self.plan, batch = open_cycle(
             spec,
             str(current.flow_name),
             str(current.run_id),
             fresh=cast(bool, self.fresh),
             from_run=cast(str, self.from_run) or None,
         )
-        print(f"{spec.name}: cycle {self.plan.cycle}, {len(self.plan.history)} earlier trials")
-        for notice in self.plan.notices:
-            print(notice)
-        self.next(self.propose)
-
-    @step
-    def propose(self) -> None:
-        """Ask the proposers for this cycle's trials and group them for the foreach."""
-        from factory_lib.cycle.plan import group_trials, propose_cycle
-
-        batch = propose_cycle(self.plan)
         self.proposals, self.mix, self.llm_report = batch.proposals, batch.mix, batch.llm_report
         self.trial_groups = group_trials(
             self.proposals,
-            self.plan.objective.budget.group_size,
+            spec.budget.group_size,
             most=self.objective.budget.trials_per_cycle,  # what TRAIN_TIMEOUT allows for
         )
-        for line in (*batch.notices, *(p.summary() for p in self.proposals)):
+        print(f"{spec.name}: cycle {self.plan.cycle}, {len(self.plan.history)} earlier trials")
+        for line in (*self.plan.notices, *batch.notices, *(p.summary() for p in self.proposals)):
             print(line)
         self.next(self.train, foreach="trial_groups")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from factory_lib.cycle.plan import propose_cycle
+from factory_lib.cycle.propose import propose_cycle
 from factory_lib.models.builders import build_model, compile_blocks, count_params
 from factory_lib.models.grammar import canonical, check
 from factory_lib.objective import load_objective

@@ -8,7 +8,9 @@ everything else (ids, parameters, statuses, reasons) exactly.
 
 Left out because they legitimately vary from run to run: timings (`latency_ms`,
 `train_seconds`, `started_at`, registry event times), task and run pathspecs, and the
-evaluator's fingerprint (a hash of its source file, which a refactor may move or edit).
+evaluator's fingerprint (a hash of its source file, which a refactor may move or edit), and
+the weights' hash: the same training on another x86 CPU model (AMD EPYC vs Intel Xeon) gives
+weights that differ in their last bits, so the hash differs while every metric agrees to 1e-6.
 The numbers belong to the CPU and to the installed torch, Optuna and scikit-learn: record the
 fixture again after upgrading them, and compare on the CPU (smoke asks for no GPU).
 
@@ -80,7 +82,6 @@ def record_summary(record: Any) -> dict[str, Any]:
         "epochs": result.epochs,
         "start_epoch": result.start_epoch,
         "resumable": result.resumable,
-        "weights_sha": result.weights_sha,
         "data_fingerprint": result.data_fingerprint,
         "evaluation": evaluation
         and {

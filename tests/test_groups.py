@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factory_lib.cycle.plan import group_trials
+from factory_lib.cycle.propose import group_trials
 from factory_lib.data.module import build_trial_data
 from factory_lib.objective import load_objective
 from factory_lib.propose.base import make_proposal

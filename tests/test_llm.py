@@ -7,7 +7,8 @@ import json
 import httpx2
 import pytest
 
-from factory_lib.cycle.plan import CyclePlan, propose_cycle
+from factory_lib.cycle.plan import CyclePlan
+from factory_lib.cycle.propose import propose_cycle
 from factory_lib.data.describe import describe_data
 from factory_lib.objective import LLMSpec, load_objective
 from factory_lib.propose.base import seen_by_proposers

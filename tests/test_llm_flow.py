@@ -76,4 +76,4 @@ def test_two_cycles_with_llm_proposals(tmp_path: Path, datastore: str, monkeypat
         p for p in Path(datastore).rglob("*") if p.is_file() and CANARY.encode() in _contents(p)
     ]
     assert leaks == []
-    assert CANARY not in second_run["propose"].task.stdout + second_run["propose"].task.stderr
+    assert CANARY not in second_run["start"].task.stdout + second_run["start"].task.stderr

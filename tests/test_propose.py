@@ -148,6 +148,7 @@ def test_a_warm_start_seeds_the_study_and_is_marked() -> None:
 
 def test_a_cycle_plans_its_warm_start_from_the_other_objectives_history(monkeypatch) -> None:
     from factory_lib.cycle import plan as cycle_module
+    from factory_lib.cycle.propose import propose_cycle
     from factory_lib.history import CycleState
     from factory_lib.runs.client import Chain
 
@@ -176,5 +177,5 @@ def test_a_cycle_plans_its_warm_start_from_the_other_objectives_history(monkeypa
     assert asked == ["smoke", "iris-wide"] and plan.cycle == 1 and plan.history == ()
     assert plan.warm_start == other.history
     assert any("seeded with 9 trials of objective 'iris-wide'" in n for n in plan.notices)
-    batch = cycle_module.propose_cycle(plan)
+    batch = propose_cycle(plan)
     assert all("warm-started from 9 trials" in p.rationale for p in batch.proposals)

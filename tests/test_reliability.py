@@ -273,7 +273,7 @@ def test_a_damaged_cycle_is_named_and_the_search_continues_from_the_last_good_on
     # --from-run continues from the first; numbering goes on after the damaged second's trials
     third = run_cycle(objective, from_run=first.id)
     data = third["end"].task.data
-    skipped = second["propose"].task.data.proposals
+    skipped = second["start"].task.data.proposals
     assert data.cycle == 3
     assert data.history[:1] == first["end"].task.data.history
     assert [r.proposal.number for r in data.history] == [0, 2]  # 1: the second's trial

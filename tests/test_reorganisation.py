@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from factory_lib.cycle.plan import group_trials
+from factory_lib.cycle.propose import group_trials
 from factory_lib.data.module import build_trial_data
 from factory_lib.objective import load_objective
 from factory_lib.records import Proposal
@@ -79,14 +79,15 @@ def test_no_train_task_gets_more_trials_than_its_timeout_allows() -> None:
 
 
 def test_the_light_steps_import_neither_torch_nor_lightning() -> None:
-    """start, propose, join, gate, decide, and a measure task with nothing to measure."""
+    """join, gate, decide, and a measure task with nothing to measure; nor the `anthropic` SDK,
+    which only the start step's proposers need (it cost every later step about a second)."""
     code = (
         "import sys\n"
         "import factory_lib.cycle.plan, factory_lib.cycle.close, factory_lib.runs.client\n"
         "from factory_lib.cycle.close import MeasureJob\n"
         "from factory_lib.cycle.measure import run_job\n"
         "run_job(None, MeasureJob('none'), None)\n"
-        "heavy = sorted(m for m in ('torch', 'lightning') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'lightning', 'anthropic') if m in sys.modules)\n"
         "print(','.join(heavy) or 'light')\n"
     )
     out = subprocess.run(

@@ -29,7 +29,7 @@ IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/dark-factory:latest"
 # The steps that train or export carry the objective's resources and retry a task that died
 # (flows/cycle.py: on_train_resources, TASK_RETRIES); the others aggregate and ask for neither.
 HEAVY_STEPS = ("train", "measure")
-LIGHT_STEPS = ("start", "propose", "join", "gate", "decide", "end")
+LIGHT_STEPS = ("start", "join", "gate", "decide", "end")
 TASK_RETRIES = 2
 
 
@@ -187,7 +187,7 @@ def test_argo_template_has_foreach_gpu_and_self_trigger(aws: Aws, profile: dict[
     )
     templates = {t["name"]: t for t in template["spec"]["templates"]}
     dag = {t["name"]: t for t in templates["CycleFlow"]["dag"]["tasks"]}
-    assert "num-splits" in dag["propose-foreach-trial-groups"]["withParam"]
+    assert "num-splits" in dag["start-foreach-trial-groups"]["withParam"]
     assert "num-splits" in dag["gate-foreach-measure-jobs"]["withParam"]
     for name in (*HEAVY_STEPS, *LIGHT_STEPS):
         heavy = name in HEAVY_STEPS

@@ -113,7 +113,7 @@ def test_noise_is_not_promoted_and_a_clear_gain_is(tmp_path: Path) -> None:
     assert clear.champion.trial_id in remeasured
     trained = sorted(t for task in clear_run["measure"] for t in trained_in(task))
     assert trained == sorted(f"{t}-s{j}" for t in remeasured for j in (1, 2))
-    for step in ("start", "propose", "join", "gate", "decide", "end"):
+    for step in ("start", "join", "gate", "decide", "end"):
         assert [trained_in(task) for task in clear_run[step]] == [[]], step
 
 

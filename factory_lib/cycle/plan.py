@@ -1,7 +1,8 @@
-"""A cycle's beginning: the lease, the plan from the latest successful cycle, the proposals,
-the groups.
+"""A cycle's beginning: the lease and the plan from the latest successful cycle; what a train
+task's results and pruning references are made of.
 
-The start and propose steps call these; they import neither torch nor Lightning.
+Every step unpickles a `CyclePlan`, so this module stays light: no torch, no Lightning, no
+proposer (those are in `cycle.propose`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,9 @@ from typing import Any
 
 from factory_lib.data.describe import describe_data
 from factory_lib.data.splits import DataSummary, Preprocessing
-from factory_lib.fidelity import promotions
 from factory_lib.history import CycleState
 from factory_lib.objective import Objective
-from factory_lib.propose.base import renumber, seen_by_proposers
-from factory_lib.propose.llm.client import KEY_VARIABLE, LLMProposer, LLMReport
-from factory_lib.propose.mix import Mix, llm_mix
-from factory_lib.propose.optuna_proposer import OptunaProposer
+from factory_lib.propose.llm.report import KEY_VARIABLE
 from factory_lib.records import Proposal, TrialRecord, TrialResult
 from factory_lib.registry.gate import Champion
 from factory_lib.runs.client import Chain, chain_from, latest_cycle, newest_cycle
@@ -59,19 +56,6 @@ class CyclePlan:
     @property
     def llm_usd_total(self) -> float:
         return self.previous.llm_usd_total if self.previous else 0.0
-
-
-@dataclass(frozen=True)
-class ProposalBatch:
-    """A cycle's proposals, the mix that split them and what the LLM proposer reported."""
-
-    proposals: tuple[Proposal, ...]
-    mix: Mix | None
-    llm_report: LLMReport | None
-
-    @property
-    def notices(self) -> tuple[str, ...]:
-        return self.llm_report.notices if self.llm_report else ()
 
 
 def start_cycle(
@@ -149,61 +133,6 @@ def plan_cycle(
         first_number=chain.last_number + 1 if previous else 0,
         newest_cycle=chain.newest,
     )
-
-
-def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
-    """The cycle's proposals: fidelity promotions due first, then the LLM's share of the other
-    slots, and Optuna fills the rest."""
-    objective = plan.objective
-    seen = seen_by_proposers(objective, plan.history)
-    promoted = promotions(objective, plan.history, plan.cycle)[: objective.budget.trials_per_cycle]
-    n = objective.budget.trials_per_cycle - len(promoted)
-    first = max(plan.first_number, len(plan.history))
-    mix, report = None, None
-    from_llm: list[Proposal] = []
-    if objective.proposers.llm is not None and (
-        llm_client is not None or os.environ.get(KEY_VARIABLE)
-    ):
-        mix = llm_mix(objective.proposers.llm, plan.history)
-        n_llm, _ = mix.split(n)
-        if n_llm:
-            llm = LLMProposer(
-                objective,
-                plan.data.input_shape,
-                plan.data.n_outputs,
-                plan.llm_usd_total,
-                llm_client,
-            )
-            from_llm = llm.propose(objective, seen, n_llm, plan.cycle, first)
-            report = llm.report
-    from_optuna = OptunaProposer(objective).propose(
-        objective,
-        seen,
-        n - len(from_llm),
-        plan.cycle,
-        first + len(from_llm),
-        pending=from_llm,
-        warm=seen_by_proposers(objective, plan.warm_start),
-    )
-    proposals = [*promoted, *renumber(objective, [*from_llm, *from_optuna], first)]
-    return ProposalBatch(proposals=tuple(proposals), mix=mix, llm_report=report)
-
-
-def group_trials(
-    proposals: Sequence[Proposal], size: int | str, most: int | None = None
-) -> list[tuple[Proposal, ...]]:
-    """Split proposals into foreach groups of at most `size` trials each, and never more than
-    `most` (the trials a train task's timeout allows for).
-
-    `auto` makes one group per CPU core of this machine (process start-up and imports are then
-    paid once per core, not once per trial); set a number for remote GPUs.
-    """
-    if not proposals:
-        return []
-    if size == "auto":
-        size = -(-len(proposals) // min(len(proposals), os.cpu_count() or 1))
-    n = min(int(size), most) if most else int(size)
-    return [tuple(proposals[i : i + n]) for i in range(0, len(proposals), n)]
 
 
 def results_from_task(

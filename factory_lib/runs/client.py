@@ -273,10 +273,11 @@ def _continue_hint(candidates: list[Any], objective_name: str) -> str:
 
 def _numbers_used(run: Any) -> tuple[int, int, tuple[str, ...]]:
     """The cycle number and highest trial number a run that the chain skips has used, as far as
-    its start and propose steps can be read; a notice for what cannot be."""
+    its start step can be read; a notice for what cannot be."""
     cycle, number, notices = 0, -1, []
     try:
-        proposals = run["propose"].task["proposals"].data
+        # Runs before the start step proposed kept their proposals in a "propose" step.
+        proposals = run["propose" if "propose" in run else "start"].task["proposals"].data
         cycle = max((p.cycle for p in proposals), default=0)
         number = max((p.number for p in proposals), default=-1)
     except Exception as exc:  # noqa: BLE001  recorded: numbering goes on from what can be read

@@ -8,8 +8,8 @@ turned into Metaflow's own flow decorators by the `deployed` mutator:
 - `chain: true`: `@trigger_on_finish(flow="CycleFlow")`: on Argo Workflows each successful
   cycle starts the next. A cycle past `budget.max_cycles` refuses to start, fails, and so
   ends the chain. Step Functions cannot do this (Metaflow refuses it there): use a schedule.
-- `secrets`: `@secrets(sources=...)` on the propose step only, so an API key reaches the task
-  that calls the model as an environment variable, never as an artifact.
+- `secrets`: `@secrets(sources=...)` on the start step only (it proposes), so an API key
+  reaches the task that calls the model as an environment variable, never as an artifact.
 - `optuna_storage`: an Optuna storage every train task reaches (postgresql://..., redis://...,
   or a journal file path for tasks on one machine): trials are then also pruned against the
   curves of this cycle's trials in other tasks as they train (factory_lib.train.prune.Curves).
@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # EventBridge cron: minutes hours day-of-month month day-of-week year.
 _CRON_FIELDS = 6
-_SECRET_STEPS = ("propose",)
+_SECRET_STEPS = ("start",)
 
 
 class DeploymentError(ValueError):

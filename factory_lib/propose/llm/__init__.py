@@ -2,9 +2,6 @@
 
 - `schema`: the tool whose input schema is the search space, and the checks on its answers.
 - `prompt`: the prompts (files in `prompts/`, fingerprinted) and the history view Claude sees.
-- `client`: the Messages API calls, the repair round, prices and the `LLMReport`.
+- `client`: the Messages API calls and the repair round (`LLMProposer`); imports the SDK.
+- `report`: prices, each call's cost and the `LLMReport`; light, read by every later step.
 """
-
-from factory_lib.propose.llm.client import KEY_VARIABLE, LLMCall, LLMProposer, LLMReport, Rejected
-
-__all__ = ["KEY_VARIABLE", "LLMCall", "LLMProposer", "LLMReport", "Rejected"]
