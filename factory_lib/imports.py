@@ -15,8 +15,10 @@ def resolve(path: str, field: str) -> Any:
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ImportPathError(f"{field} {path!r}: cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        raise ImportPathError(
+            f"{field} {path!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         return getattr(module, attr)
     except AttributeError as exc:

@@ -8,17 +8,34 @@ runs. Everything downstream (data, models, proposers, reward, promotion) reads t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from factory_lib.imports import ImportPathError, resolve
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 BUNDLED_DATASETS = ("digits", "wine", "breast_cancer", "diabetes", "iris")
 IMAGE_DATASETS = ("digits",)
+# Each bundled set's input shape and model outputs (classes; 1 for regression), so that an
+# objective can be checked against them before any data is loaded (tests check them).
+BUNDLED_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "wine": ((13,), 3),
+    "breast_cancer": ((30,), 2),
+    "diabetes": ((10,), 1),
+    "iris": ((4,), 3),
+}
 REGRESSION_DATASETS = ("diabetes",)
 FAMILIES = ("mlp", "cnn", "arch")
 Block = Literal["linear", "conv", "norm", "activation", "dropout", "residual", "pool"]
@@ -44,8 +61,22 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+# A count in an objective: an integer as written (YAML's `true` or `1e9` is not one).
+Count = Annotated[int, Strict()]
+# The longest a trial may take: a week (a step's timeout is a multiple of it).
+MAX_TRIAL_TIMEOUT_S = 7 * 24 * 3600
+
+
 class ObjectiveError(ValueError):
-    """An objective file that cannot be used; the message names the file and the field."""
+    """An objective file that cannot be used; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an objective: the field (dotted path) and what is wrong with it."""
+
+    field: str
+    message: str
 
 
 class _Strict(BaseModel):
@@ -61,8 +92,8 @@ class _Param(_Strict):
 
 class FloatParam(_Param):
     type: Literal["float"]
-    low: float
-    high: float
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
     log: bool = False
 
     @model_validator(mode="after")
@@ -76,10 +107,10 @@ class FloatParam(_Param):
 
 class IntParam(_Param):
     type: Literal["int"]
-    low: int
-    high: int
+    low: Count
+    high: Count
     log: bool = False
-    step: int = 1
+    step: Count = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _range(self) -> IntParam:
@@ -113,11 +144,16 @@ class DataSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
-    seed: int = 0
-    batch_size: int = Field(default=64, ge=1)
+    seed: Count = 0
+    batch_size: Count = Field(default=64, ge=1, le=65_536)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
+        if self.val_fraction + self.test_fraction > 0.8:
+            raise ValueError(
+                f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}: "
+                "keep at least 20% of the data for training"
+            )
         if (self.dataset is None) == (self.module is None):
             raise ValueError("give exactly one of 'dataset' (bundled) or 'module' (import path)")
         if self.module is not None and not _IMPORT_PATH.match(self.module):
@@ -253,15 +289,15 @@ class FidelitySpec(_Strict):
 
 
 class BudgetSpec(_Strict):
-    trials_per_cycle: int = Field(default=8, ge=1, le=512)
-    max_epochs: int = Field(default=30, ge=1)
-    early_stopping_patience: int = Field(default=5, ge=1)
-    trial_timeout_s: float = Field(default=600.0, gt=0)
-    max_cycles: int = Field(default=20, ge=1)
-    patience: int = Field(
+    trials_per_cycle: Count = Field(default=8, ge=1, le=512)
+    max_epochs: Count = Field(default=30, ge=1, le=10_000)
+    early_stopping_patience: Count = Field(default=5, ge=1)
+    trial_timeout_s: float = Field(default=600.0, gt=0, le=MAX_TRIAL_TIMEOUT_S, allow_inf_nan=False)
+    max_cycles: Count = Field(default=20, ge=1, le=10_000)
+    patience: Count = Field(
         default=3, ge=1, description="cycles without improvement before a loop stops"
     )
-    group_size: int | Literal["auto"] = Field(
+    group_size: Count | Literal["auto"] = Field(
         default="auto", description="trials per foreach task; auto: one task per CPU core"
     )
     fuse: bool = Field(default=True, description="train same-shape MLP trials as one model")
@@ -277,7 +313,9 @@ class BudgetSpec(_Strict):
 class PromotionSpec(_Strict):
     metric: str | None = Field(default=None, description="held-out metric; default: the reward's")
     min_improvement: float = Field(default=0.0, ge=0)
-    seeds: int = Field(default=3, ge=1, le=20, description="retrainings per side to measure noise")
+    seeds: Count = Field(
+        default=3, ge=1, le=20, description="retrainings per side to measure noise"
+    )
     confidence: float = Field(default=0.9, gt=0.5, lt=1)
     max_val_test_gap: float = Field(
         default=0.1, gt=0, description="flag a trial whose val and test metric differ by more"
@@ -346,9 +384,9 @@ class ProposersSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    gpu: int = Field(default=1, ge=0)
-    cpu: int = Field(default=1, ge=1)
-    memory_mb: int = Field(default=4096, ge=256)
+    gpu: Count = Field(default=1, ge=0, le=16)
+    cpu: Count = Field(default=1, ge=1, le=512)
+    memory_mb: Count = Field(default=4096, ge=256, le=4_000_000)
 
 
 class Objective(_Strict):
@@ -487,8 +525,73 @@ def _task_metrics(task: str) -> tuple[str, ...]:
     return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    lines = [f"invalid objective {source}:"]
+class _Loader(yaml.SafeLoader):
+    """YAML as people write it: `1e-4` is a float (YAML 1.2), as `1.0e-4` already was."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+FieldPath = tuple[str, ...]
+
+
+def _walk(
+    node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int], problems: list[str]
+) -> None:
+    """Each field's line (1-based) by its dotted path; a key given twice in one mapping is a
+    problem (YAML would silently keep the second)."""
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name, line = str(key.value), key.start_mark.line + 1
+            if name in seen:
+                where = ".".join((*path, name))
+                problems.append(
+                    f"  line {line}, {where}: given twice (first on line {seen[name]}); "
+                    "YAML would keep only this one"
+                )
+            seen.setdefault(name, line)
+            lines[(*path, name)] = line
+            _walk(value, (*path, name), lines, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, (*path, str(i)), lines, problems)
+
+
+def field_lines(text: str) -> dict[FieldPath, int]:
+    """The line of every field of an objective's YAML, by path (("budget", "max_epochs"))."""
+    lines: dict[FieldPath, int] = {}
+    node = yaml.compose(text, Loader=_Loader)
+    if node is not None:
+        _walk(node, (), lines, [])
+    return lines
+
+
+def line_of(lines: dict[FieldPath, int], field: str) -> int | None:
+    """The line of `field` (dotted), or of the nearest enclosing field that is in the file."""
+    path = tuple(field.split(".")) if field else ()
+    while path and path not in lines:
+        path = path[:-1]
+    return lines.get(path) if path else None
+
+
+def refuse(source: str, problems: Sequence[Problem], text: str | None = None) -> ObjectiveError:
+    """One error for all of an objective's problems, each with its line where `text` has it."""
+    lines = field_lines(text) if text is not None else {}
+    out = [f"invalid objective {source}:"]
+    for p in problems:
+        line = line_of(lines, p.field)
+        where = ", ".join(x for x in (f"line {line}" if line else "", p.field) if x)
+        out.append(f"  {where}: {p.message}" if where else f"  {p.message}")
+    return ObjectiveError("\n".join(out))
+
+
+def _problems(err: ValidationError) -> list[Problem]:
+    problems = []
     for e in err.errors():
         parts = [str(p) for p in e["loc"]]
         # Drop the union tag pydantic adds after a search-space parameter ("lr.float.low").
@@ -498,39 +601,36 @@ def _format_error(source: str, err: ValidationError) -> str:
             and parts[2] in ("float", "int", "categorical")
         ):
             del parts[2]
-        loc = ".".join(parts)
+        parts = [p for p in parts if p not in ("int", "literal['auto']")]  # union tags
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
-        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
-    return "\n".join(lines)
+        problems.append(Problem(".".join(parts), msg))
+    return problems
 
 
 def parse_objective(text: str, source: str = "<objective>") -> Objective:
-    """Parse and validate objective YAML; raise ObjectiveError naming `source` and the field."""
+    """Parse and validate objective YAML; raise ObjectiveError naming `source`, the line and
+    the field."""
     try:
-        raw = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
-        raise ObjectiveError(f"invalid objective {source}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or exc
+        raise ObjectiveError(f"invalid objective {source}{where}: not valid YAML: {what}") from exc
     if not isinstance(raw, dict):
         raise ObjectiveError(f"invalid objective {source}: expected a mapping at the top level")
+    duplicates: list[str] = []
+    if node is not None:
+        _walk(node, (), {}, duplicates)
+    if duplicates:
+        raise ObjectiveError("\n".join([f"invalid objective {source}:", *duplicates]))
     try:
         return Objective.model_validate(raw)
     except ValidationError as exc:
-        raise ObjectiveError(_format_error(source, exc)) from exc
-
-
-def check_user_code(objective: Objective, source: str) -> None:
-    """Import the user code an objective names, so a bad path fails before anything runs."""
-    for field, path in (
-        ("data.module", objective.data.module),
-        ("model.builder", objective.model.builder),
-    ):
-        if path is not None:
-            try:
-                resolve(path, field)
-            except ImportPathError as exc:
-                raise ObjectiveError(f"invalid objective {source}:\n  {exc}") from exc
+        raise refuse(source, _problems(exc), text) from exc
 
 
 def load_objective(path: str | Path) -> Objective:

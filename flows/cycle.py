@@ -65,12 +65,8 @@ from metaflow import (  # type: ignore[attr-defined]  # noqa: E402
 )
 from metaflow.exception import MetaflowException  # noqa: E402
 
-from factory_lib.objective import (  # noqa: E402
-    Objective,
-    ObjectiveError,
-    check_user_code,
-    parse_objective,
-)
+from factory_lib.checks import check_objective  # noqa: E402
+from factory_lib.objective import Objective, ObjectiveError  # noqa: E402
 from factory_lib.runs.deploy import DeploymentError, deployed, parse_deployment  # noqa: E402
 
 DEFAULT_OBJECTIVE = "objectives/digits.yaml"
@@ -97,14 +93,16 @@ def _objective_source() -> str:
 
 
 def parse_objective_config(text: str) -> dict[str, object]:
-    """Metaflow Config parser: the objective validated before anything runs."""
+    """Metaflow Config parser: the objective checked against what trains before anything runs
+    (factory_lib.checks); its warnings are printed."""
     source = _objective_source()
     try:
-        objective = parse_objective(text, source)
-        check_user_code(objective, source)
+        checked = check_objective(text, source)
     except ObjectiveError as exc:
         raise MetaflowException(str(exc)) from None
-    return objective.model_dump(mode="json")
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return checked.objective.model_dump(mode="json")
 
 
 def parse_deployment_config(text: str) -> dict[str, object]:

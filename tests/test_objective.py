@@ -114,8 +114,12 @@ def test_overrides_change_only_the_budget() -> None:
     [
         ({"budget": {"trials_per_cycle": 0}}, "budget.trials_per_cycle"),
         ({"data": {"dataset": None, "module": "no_such_package.data:DM"}}, "data.module"),
+        (
+            {"search_space": {"widht": {"type": "int", "low": 4, "high": 8}}},
+            "search_space.widht: no parameter 'widht'",
+        ),
     ],
-    ids=["bad-budget", "module-does-not-import"],
+    ids=["bad-budget", "module-does-not-import", "misspelt-parameter"],
 )
 def test_flow_rejects_bad_objective_before_running(
     tmp_path: Path, edit: dict, expected: str

@@ -11,6 +11,7 @@ from torch import nn
 
 from factory_lib.imports import resolve
 from factory_lib.models.grammar import check
+from factory_lib.models.params import CHOICES
 from factory_lib.objective import Objective
 
 # Used when a parameter is neither in the search space nor fixed by the objective.
@@ -56,7 +57,7 @@ def build_mlp(params: Mapping[str, Any], input_shape: tuple[int, ...], n_outputs
         raise ModelShapeError(
             f"mlp needs depth >= 0 and width >= 1, got depth={depth} width={width}"
         )
-    if norm not in ("none", "batch", "layer"):
+    if norm not in CHOICES["norm"]:
         raise ModelShapeError(f"norm {norm!r} is not one of none, batch, layer")
     layers: list[nn.Module] = [nn.Flatten()]
     n_in = prod(input_shape)

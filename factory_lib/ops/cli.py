@@ -9,6 +9,7 @@ factory export-optuna --objective digits sqlite:///digits.db   # history as an O
 factory profile --stack dark-factory --image IMAGE   # Metaflow profile `aws` from the stack
 factory doctor --profile aws                         # is the AWS side there and usable?
 factory unlock digits                            # remove the lease a dead cycle left behind
+factory check objectives/*.yaml                  # refused mistakes, data, models, rough cost
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from factory_lib.objective import (
-    ObjectiveError,
-)
+from factory_lib.objective import ObjectiveError, objective_path
 from factory_lib.ops.loop import FLOW_FILE, loop
 from factory_lib.ops.profile import ProfileError
 from factory_lib.runs.client import FLOW_NAME, DamagedRunError
@@ -197,6 +196,22 @@ def unlock_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_command(args: argparse.Namespace) -> int:
+    """Check each objective as a run would, then describe its data, models and cost."""
+    from factory_lib.ops.check import check_report
+
+    failed = 0
+    for name in args.objectives:
+        try:
+            print("\n".join(check_report(objective_path(name))), flush=True)
+        except ObjectiveError as exc:
+            print(f"factory: {exc}", file=sys.stderr, flush=True)
+            failed += 1
+    if failed:
+        print(f"factory check: {failed} of {len(args.objectives)} refused", file=sys.stderr)
+    return 2 if failed else 0
+
+
 def _objective_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default="digits", help="objective name (digits)")
 
@@ -266,6 +281,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--metadata-url", help="Metaflow metadata service URL (METAFLOW_SERVICE_URL)")
     m.add_argument("--name", default="aws", help="profile name (aws)")
     m.set_defaults(func=profile)
+
+    c = sub.add_parser("check", help="check objectives as a run would; data, models, cost")
+    c.add_argument("objectives", nargs="+", help="objective files or names under objectives/")
+    c.set_defaults(func=check_command)
 
     u = sub.add_parser("unlock", help="remove the lease of an objective a dead cycle left")
     u.add_argument("objective", help="objective name")

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from factory_lib.checks import check_file
 from factory_lib.history import CycleState, state_of
-from factory_lib.objective import Objective, check_user_code, load_objective, objective_path
+from factory_lib.objective import Objective, objective_path
 from factory_lib.runs.client import FLOW_NAME
 
 FLOW_FILE = Path(__file__).resolve().parents[2] / "flows" / "cycle.py"
@@ -24,10 +25,12 @@ def objective_file(args: argparse.Namespace) -> Path:
 
 
 def load_checked(path: Path) -> Objective:
-    """The objective at `path`, validated, with its user code importable."""
-    objective = load_objective(path)
-    check_user_code(objective, str(path))
-    return objective
+    """The objective at `path`, checked against what trains (factory_lib.checks); its
+    warnings go to stderr."""
+    checked = check_file(path)
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return checked.objective
 
 
 def _progress_line(i: int, n: int, data: CycleState, seconds: float) -> str:

@@ -1,0 +1,1 @@
+"""User code for the objective checks (tests/test_checks.py), named by import path."""
