@@ -130,13 +130,17 @@ def on_train_resources(timeout_s: str, error_var: str) -> Callable[[F], F]:
     return apply
 
 
-def death_of(task: Any, step: str) -> str | None:
-    """How a foreach task that @catch stood in for died (its process's exit), if recorded."""
+def death_of(task: Any, step: str, plan: Any) -> str | None:
+    """How a foreach task that @catch stood in for died (its process's exit, and what the
+    kernel says about out-of-memory kills since the cycle started), if recorded."""
     if getattr(task, f"{step}_error", None) is None:
         return None
     from factory_lib.runs.client import task_death
+    from factory_lib.runs.env import oom_mark, oom_note
 
-    return task_death(f"{current.flow_name}/{current.run_id}", step, task.index)
+    death = task_death(f"{current.flow_name}/{current.run_id}", step, task.index)
+    oom = oom_note(getattr(plan, "oom_mark", None), oom_mark())
+    return "; ".join(x for x in (death, oom) if x) or None
 
 
 @deployed
@@ -252,7 +256,7 @@ class CycleFlow(FlowSpec):
                 inp.input,
                 getattr(inp, "trial_results", None),
                 getattr(inp, "train_error", None),
-                death_of(inp, "train"),
+                death_of(inp, "train", self.plan),
             )
         ]
         weights = {

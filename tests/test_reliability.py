@@ -332,3 +332,24 @@ def _read_only(path: Path) -> Iterator[None]:
             path.chmod(0o755)
         else:
             subprocess.run([*undo, str(path)], check=True)
+
+
+def test_a_task_killed_while_the_kernel_killed_for_memory_is_named_out_of_memory(
+    tmp_path: Path,
+) -> None:
+    from factory_lib.runs.env import OomMark, oom_mark, oom_note
+
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("nr_free_pages 12\noom_kill 3\npgfault 9\n")
+    start = oom_mark(vmstat)
+    assert start is not None and start.kills == 3
+    vmstat.write_text("nr_free_pages 12\noom_kill 5\npgfault 9\n")
+    note = oom_note(start, oom_mark(vmstat))
+    assert note == (
+        f"out of memory: the kernel's out-of-memory killer killed 2 processes on {start.host} "
+        "during this cycle"
+    )
+    assert oom_note(start, start) is None  # no kill since: the signal alone is the cause
+    assert oom_note(start, OomMark("another-node", 9)) is None  # another machine says nothing
+    assert oom_mark(tmp_path / "absent") is None  # not Linux: nothing is claimed
+    assert oom_mark() is None or oom_mark().kills >= 0  # this machine's own counter reads

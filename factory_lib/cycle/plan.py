@@ -20,6 +20,7 @@ from factory_lib.propose.llm.report import KEY_VARIABLE
 from factory_lib.records import Proposal, TrialRecord, TrialResult
 from factory_lib.registry.gate import Champion
 from factory_lib.runs.client import Chain, chain_from, latest_cycle, newest_cycle
+from factory_lib.runs.env import OomMark, oom_mark
 from factory_lib.runs.lease import Lease, release_lease, take_lease
 from factory_lib.train.prune import Curves, history_curves
 
@@ -44,6 +45,9 @@ class CyclePlan:
     first_number: int = 0
     newest_cycle: str | None = None  # the newest successful cycle when planned (pathspec)
     lease: Lease | None = None  # held from start to end: one cycle at a time per search
+    # The kernel's OOM kill count where the cycle started: a task that died is named out of
+    # memory when it rose (runs.env.oom_note).
+    oom_mark: OomMark | None = None
 
     @property
     def history(self) -> tuple[TrialRecord, ...]:
@@ -73,7 +77,7 @@ def start_cycle(
     except BaseException:
         release_lease(lease)
         raise
-    return replace(plan, lease=lease, notices=(*notices, *plan.notices))
+    return replace(plan, lease=lease, notices=(*notices, *plan.notices), oom_mark=oom_mark())
 
 
 def plan_cycle(

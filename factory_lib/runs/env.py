@@ -1,12 +1,15 @@
 """The process environment a run needs before Metaflow is imported: a user name, local workers;
-and, before a run starts, a datastore it can write to."""
+before a run starts, a datastore it can write to; and what the kernel says about processes it
+killed for memory."""
 
 from __future__ import annotations
 
 import os
 import pwd
+import socket
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_USER = "factory"
@@ -83,3 +86,39 @@ def _option(argv: Sequence[str], name: str) -> str | None:
         if arg.startswith(f"{name}="):
             return arg.split("=", 1)[1]
     return None
+
+
+# Linux's count of processes its out-of-memory killer has killed since boot.
+VMSTAT = Path("/proc/vmstat")
+
+
+@dataclass(frozen=True)
+class OomMark:
+    """The kernel's out-of-memory kill count on one machine at one moment."""
+
+    host: str
+    kills: int
+
+
+def oom_mark(vmstat: Path = VMSTAT) -> OomMark | None:
+    """This machine's OOM kill count now; None where the kernel does not say (not Linux)."""
+    try:
+        text = vmstat.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "oom_kill" and value.strip().isdigit():
+            return OomMark(socket.gethostname(), int(value))
+    return None
+
+
+def oom_note(since: OomMark | None, now: OomMark | None) -> str | None:
+    """What the kernel says about out-of-memory kills between two marks on the same machine."""
+    if since is None or now is None or now.host != since.host or now.kills <= since.kills:
+        return None
+    n = now.kills - since.kills
+    return (
+        f"out of memory: the kernel's out-of-memory killer killed {n} process"
+        f"{'es' if n > 1 else ''} on {now.host} during this cycle"
+    )
