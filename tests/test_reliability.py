@@ -310,6 +310,43 @@ def test_a_read_only_datastore_is_one_clear_message(tmp_path: Path) -> None:
     assert run.stderr.count("\n") == 1 and "Nothing was started." in run.stderr
 
 
+def test_a_full_datastore_is_one_clear_message(tmp_path: Path) -> None:
+    """A datastore on a full file system (a 256 KiB tmpfs, filled, in a private mount
+    namespace) refuses the run before it starts, naming the path and the disk being full."""
+    root = tmp_path / "datastore"
+    root.mkdir()
+    store = root / ".metaflow"
+    objective = write_objective(tmp_path, "full")
+    fill = (
+        f"mount -t tmpfs -o size=256k tmpfs {root} && mkdir {store} && "
+        f'(head -c 1048576 /dev/zero > {root}/fill 2>/dev/null; true) && exec "$@"'
+    )
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {root}"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here (unshare -rm): {probe.stderr[-200:]!r}")
+    run = subprocess.run(
+        [
+            *("unshare", "-rm", "sh", "-c", fill, "sh", sys.executable, FLOW, "--config"),
+            "objective",
+            str(objective),
+            "run",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stdout == ""
+    assert run.stderr.startswith(f"factory: cannot write to the datastore at {store}: ")
+    assert "No space left on device" in run.stderr
+    assert run.stderr.count("\n") == 1 and "Nothing was started." in run.stderr
+
+
 @contextlib.contextmanager
 def _read_only(path: Path) -> Iterator[None]:
     """`path` unwritable, also for root (an immutable directory), or the test is skipped."""
