@@ -1,7 +1,9 @@
 """One proposal → one seeded Lightning fit → one `TrialResult`, whatever happens.
 
 A non-finite loss ends the trial as `diverged`, running past the budget's trial timeout as
-`timeout`, and any other exception as `failed` with its cause.
+`timeout`, and any other exception as `failed` with its cause. The deadline covers the whole
+trial, from building the model to the end of the sealed evaluation; it is checked between
+batches and once more at the end.
 """
 
 from __future__ import annotations
@@ -143,6 +145,10 @@ def run_trial(
         )
         if not all(math.isfinite(v) for v in (*evaluation.val.values(), *evaluation.test.values())):
             raise TrialDiverged("non-finite evaluation metrics")
+        if time.monotonic() > deadline:  # the deadline covers the sealed evaluation too
+            raise TrialTimedOut(
+                "ran past the budget's trial_timeout_s by the end of its evaluation"
+            )
     except TrialDiverged as exc:
         return TrialOutput(result("diverged", str(exc)), None)
     except TrialPruned as exc:
