@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.context import BaseContext
@@ -93,7 +94,12 @@ class _Worker:
         self.process = context.Process(  # type: ignore[attr-defined]
             target=work, args=(sender, job), name="trial-worker"
         )
-        self.process.start()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns at any fork of a process with threads, and torch and
+            # Lightning start idle ones at import; what a fork must not inherit (a CUDA
+            # context, a busy OpenMP pool) is what start_method rules out.
+            warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
+            self.process.start()
         sender.close()
         self.running: tuple[TrialResult, ...] = ()
         self.since = 0.0
