@@ -301,6 +301,11 @@ class BudgetSpec(_Strict):
         default="auto", description="trials per foreach task; auto: one task per CPU core"
     )
     fuse: bool = Field(default=True, description="train same-shape MLP trials as one model")
+    isolate: bool = Field(
+        default=True,
+        description="train in a worker process that is killed when a trial hangs past its "
+        "trial_timeout_s; off: in the task's process, the deadline checked between batches",
+    )
 
     @field_validator("group_size")
     @classmethod

@@ -49,3 +49,9 @@ def test_pruning_benchmark_compares_arms_and_cycles() -> None:
     # Every trial trains its first rung (2 epochs); about a third continue from there to 8.
     assert 16 * 2 < halving["per_seed_epochs"][0] < 0.6 * off["per_seed_epochs"][0]
     assert len(report["cycle_2_vs_1"]["per_seed_difference_points"]) == 1
+
+
+@pytest.mark.slow
+def test_isolation_benchmark_times_every_arm() -> None:
+    report = run_benchmark("isolation.py", "--trials", "1", "--repeats", "1")
+    assert set(report["median_group_s"]["1"]) == {"in-process", "fork", "spawn"}

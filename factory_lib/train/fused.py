@@ -207,6 +207,10 @@ def train_fused(
             data.preprocessing,
             train_seconds,
         )
+        if time.monotonic() > deadline:  # one window for the fused trials, evaluations included
+            late = f"{too_long} by the end of its evaluation"
+            outputs.append(TrialOutput(TrialResult(status="timeout", cause=late, **base), None))
+            continue
         blob = serialise(nets[i])
         kept = None
         if needs_checkpoint(objective, p) and len(curves[i]) == target and i not in snapshots:

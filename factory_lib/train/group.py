@@ -2,13 +2,15 @@
 
 `train_group` runs several proposals in one task, so one process start-up serves a whole group.
 Under successive halving a trial that completes a lower rung keeps a checkpoint and a promoted
-trial continues from it (factory_lib.fidelity).
+trial continues from it (factory_lib.fidelity). The group trains in a worker process the task
+can kill at a trial's deadline (factory_lib.train.supervisor), or in the task's own process.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -16,12 +18,14 @@ import torch
 from factory_lib.data.module import TensorDataModule, TrialData, build_trial_data
 from factory_lib.fidelity import promotions, trial_epochs
 from factory_lib.objective import Objective
-from factory_lib.records import Proposal, TrialRecord
+from factory_lib.records import Proposal, TrialRecord, TrialResult
 from factory_lib.reward import score
 from factory_lib.train.checkpoint import CheckpointSource
 from factory_lib.train.fused import fuse_key, train_fused
 from factory_lib.train.prune import Curves
-from factory_lib.train.trial import TrialOutput, cause_of, run_trial
+from factory_lib.train.supervisor import start_method, train_isolated
+from factory_lib.train.trial import TrialOutput, cause_of, run_trial, stand_in
+from factory_lib.train.worker import Job, Reporter
 
 
 def cpu_threads(concurrent_tasks: int) -> int:
@@ -39,7 +43,7 @@ def train_group(
     history: Sequence[TrialRecord] = (),
     load_checkpoint: Callable[[Proposal], bytes] | None = None,
 ) -> list[TrialOutput]:
-    """Run a group of proposals in this process; one's failure never touches another.
+    """Run a group of proposals; one's failure, hang or crash never touches another.
 
     Same-shape MLP trials are fused into one batched model (`budget.fuse`); the others train
     back to back. `references` are earlier trials' validation curves for pruning (or a shared
@@ -48,32 +52,110 @@ def train_group(
     once (factory_lib.fidelity), and a proposal that continues an earlier cycle's trial gets
     its checkpoint from `load_checkpoint`. Results come back in the order of `proposals`,
     continuations after.
+
+    With `budget.isolate` (the default) the trials train in a worker process that is killed
+    when one hangs past its deadline, and the rest go on in a fresh one
+    (factory_lib.train.supervisor); without, in this process.
     """
+    threads = cpu_threads(concurrent_tasks)
+    _use_threads(threads)
+    curves = Curves.of(references)
+
+    if objective.budget.isolate:
+
+        def job(done: dict[str, TrialOutput]) -> Job:
+            args = (objective, proposals, threads, curves, history, load_checkpoint, done)
+            return partial(_train_in_worker, *args)
+
+        timeout_s = objective.budget.trial_timeout_s
+        done = train_isolated(timeout_s, start_method(threads), job)
+    else:
+        done = {}
+        _train(objective, proposals, threads, curves, history, load_checkpoint, done, _InProcess())
+    asked = {p.trial_id for p in proposals}
+    in_order = [done[p.trial_id] for p in proposals]
+    in_order += [out for trial_id, out in done.items() if trial_id not in asked]
+    outputs = []
+    for out in in_order:
+        r = out.result.model_copy(update={"task_pathspec": task_pathspec})
+        print(
+            f"[{r.proposal.trial_id}] {r.status}" + (f" ({r.cause})" if r.cause else ""), flush=True
+        )
+        outputs.append(TrialOutput(r, out.weights, out.checkpoint))
+    return outputs
+
+
+def _use_threads(threads: int) -> None:
     if not torch.cuda.is_available():
-        torch.set_num_threads(cpu_threads(concurrent_tasks))
+        torch.set_num_threads(threads)
+
+
+class _InProcess:
+    """Reports of trials trained in the task's own process: nobody is watching."""
+
+    def started(self, stand_ins: Sequence[TrialResult]) -> None:
+        pass
+
+    def finished(self, output: TrialOutput) -> None:
+        pass
+
+
+def _train_in_worker(
+    objective: Objective,
+    proposals: Sequence[Proposal],
+    threads: int,
+    curves: Curves,
+    history: Sequence[TrialRecord],
+    load_checkpoint: Callable[[Proposal], bytes] | None,
+    done: dict[str, TrialOutput],
+    reporter: Reporter,
+) -> None:
+    """`_train` in a worker process, with a connection of its own to shared curves."""
+    board = curves.reconnected()
+    _train(objective, proposals, threads, board, history, load_checkpoint, done, reporter)
+
+
+def _train(
+    objective: Objective,
+    proposals: Sequence[Proposal],
+    threads: int,
+    curves: Curves,
+    history: Sequence[TrialRecord],
+    load_checkpoint: Callable[[Proposal], bytes] | None,
+    done: dict[str, TrialOutput],
+    reporter: Reporter,
+) -> None:
+    """Train the trials (and the promotions due) that `done` does not hold yet, adding each
+    output to it: in a worker, `done` holds what an earlier worker finished or left behind."""
+    _use_threads(threads)
     data = build_trial_data(objective)
-    curves = references if isinstance(references, Curves) else Curves(references)
-    done: dict[str, TrialOutput] = {}
+
+    def count(out: TrialOutput) -> None:
+        r = out.result
+        curves.finished(r.proposal.trial_id, r.curve, r.status, score(objective, r).feasible)
+
+    for out in done.values():  # from an earlier worker: they count for pruning the rest
+        count(out)
 
     def finished(outputs: Sequence[TrialOutput]) -> None:
         for out in outputs:
             done[out.result.proposal.trial_id] = out
-            r = out.result
-            feasible = score(objective, r).feasible
-            curves.finished(r.proposal.trial_id, r.curve, r.status, feasible)
-
-    for cluster in fusable_clusters(objective, proposals, data):
-        finished(_train_fused_or_alone(objective, cluster, data, curves))
+            count(out)
+            reporter.finished(out)
 
     def train_alone(proposal: Proposal) -> None:
+        reporter.started([stand_in(proposal, data)])
         source = _checkpoint_source(proposal, done, load_checkpoint)
         finished([run_trial(objective, proposal, data, references=curves, checkpoint=source)])
 
-    for proposal in proposals:
+    left = [p for p in proposals if p.trial_id not in done]
+    for cluster in fusable_clusters(objective, left, data):
+        reporter.started([stand_in(p, data) for p in cluster])  # one deadline window
+        finished(_train_fused_or_alone(objective, cluster, data, curves, train_alone))
+    for proposal in left:
         if proposal.trial_id not in done:
             train_alone(proposal)
     cycle = max((p.cycle for p in proposals), default=0)
-    promoted: list[Proposal] = []
     while objective.fidelity is not None:
         local = [score(objective, o.result) for o in done.values()]
         here = [
@@ -86,21 +168,6 @@ def train_group(
         for proposal in here:
             print(f"[{proposal.trial_id}] promoted: {proposal.rationale}", flush=True)
             train_alone(proposal)
-        promoted += here
-    outputs = []
-    for proposal in [*proposals, *promoted]:
-        out = done[proposal.trial_id]
-        out = TrialOutput(
-            out.result.model_copy(update={"task_pathspec": task_pathspec}),
-            out.weights,
-            out.checkpoint,
-        )
-        r = out.result
-        print(
-            f"[{proposal.trial_id}] {r.status}" + (f" ({r.cause})" if r.cause else ""), flush=True
-        )
-        outputs.append(out)
-    return outputs
 
 
 def _checkpoint_source(
@@ -147,11 +214,16 @@ def _train_fused_or_alone(
     cluster: list[Proposal],
     data: TrialData,
     references: Curves,
+    train_alone: Callable[[Proposal], None],
 ) -> list[TrialOutput]:
+    """The cluster's outputs, fused; if fused training fails, each trains alone (and reports
+    itself) and none is returned."""
     try:
         outputs = train_fused(objective, cluster, data, references)
     except Exception as exc:  # noqa: BLE001 - a fused failure must not lose the trials
         print(f"fused training of {len(cluster)} trials failed ({cause_of(exc)}); training alone")
-        return [run_trial(objective, p, data, references=references) for p in cluster]
+        for proposal in cluster:
+            train_alone(proposal)
+        return []
     print(f"fused {len(cluster)} trials: {', '.join(p.trial_id for p in cluster)}", flush=True)
     return outputs

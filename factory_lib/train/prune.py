@@ -12,7 +12,7 @@ nothing is pruned there.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -83,8 +83,22 @@ class Curves:
         study: str = "curves",
     ) -> None:
         self.earlier: list[Sequence[float]] = list(earlier)
+        self.storage, self.study_name = storage, study
         self.study = _shared_study(storage, study) if storage else None
         self._trials: dict[str, optuna.Trial] = {}
+
+    def reconnected(self) -> Curves:
+        """This board with a connection of its own to the shared storage, for a trial worker
+        process: one inherited from its parent must not be used by both."""
+        return Curves(self.earlier, self.storage, self.study_name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For a spawned trial worker: the curves, and where the shared ones are (a storage
+        connection does not travel); trials in flight stay with this board."""
+        return {"earlier": self.earlier, "storage": self.storage, "study": self.study_name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(vars(Curves(state["earlier"], state["storage"], state["study"])))
 
     @classmethod
     def of(cls, references: Sequence[Sequence[float]] | Curves) -> Curves:

@@ -1,7 +1,10 @@
 """One proposal → one seeded Lightning fit → one `TrialResult`, whatever happens.
 
 A non-finite loss ends the trial as `diverged`, running past the budget's trial timeout as
-`timeout`, and any other exception as `failed` with its cause.
+`timeout`, and any other exception as `failed` with its cause. The deadline covers the whole
+trial, from building the model to the end of the sealed evaluation; here it is checked between
+batches and once more at the end, so a hang inside one call is left to the supervisor
+(factory_lib.train.supervisor), which kills the worker process the trial runs in.
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ def cause_of(exc: BaseException) -> str:
     where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     at = f" (at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno})" if where else ""
     return f"{type(exc).__name__}: {exc}{at}"[:CAUSE_MAX_CHARS]
+
+
+def stand_in(proposal: Proposal, data: TrialData) -> TrialResult:
+    """What a trial that has just started is recorded as if its worker never reports back: a
+    `timeout` with no curve (the supervisor fills in the cause)."""
+    return TrialResult(
+        proposal=proposal,
+        status="timeout",
+        started_at=time.time(),
+        evaluator=EVALUATOR_FINGERPRINT,
+        data_fingerprint=data.summary.fingerprint,
+    )
 
 
 def run_trial(
@@ -143,6 +158,10 @@ def run_trial(
         )
         if not all(math.isfinite(v) for v in (*evaluation.val.values(), *evaluation.test.values())):
             raise TrialDiverged("non-finite evaluation metrics")
+        if time.monotonic() > deadline:  # the deadline covers the sealed evaluation too
+            raise TrialTimedOut(
+                "ran past the budget's trial_timeout_s by the end of its evaluation"
+            )
     except TrialDiverged as exc:
         return TrialOutput(result("diverged", str(exc)), None)
     except TrialPruned as exc:
