@@ -99,14 +99,15 @@ def test_a_worker_killed_from_outside_fails_its_trial_and_the_group_goes_on() ->
 
 
 def test_a_slow_sealed_evaluation_past_the_deadline_is_a_timeout_not_ok() -> None:
-    """Ten evaluation calls of 0.3 s each: the trial ends past a 2 s deadline, if after it
-    trained well within it. In the trial's own process, no worker: its own check sees it."""
-    objective = _planted(2.0)
-    (slow,) = _proposals(objective, {"eval_s": 0.3})
+    """Ten evaluation calls of 0.5 s each: the trial ends past a 3 s deadline, if after it
+    trained within it. In the trial's own process, no worker: its own check sees it. (On a
+    machine so busy that training itself passes the deadline, it is a timeout all the same.)"""
+    objective = _planted(3.0)
+    (slow,) = _proposals(objective, {"eval_s": 0.5})
     result = run_trial(objective, slow, build_trial_data(objective)).result
     assert result.status == "timeout", result.cause
-    assert "by the end of its evaluation" in result.cause
-    assert result.curve  # it trained: the deadline was passed in the evaluation
+    if len(result.curve) == objective.budget.max_epochs:  # it trained: passed in evaluation
+        assert "by the end of its evaluation" in result.cause
 
 
 def test_without_isolation_the_group_trains_in_this_process() -> None:
