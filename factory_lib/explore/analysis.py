@@ -3,8 +3,9 @@
 Two layers. `load_cycles` reads the cycles of an objective through the Metaflow Client API
 into `CycleView`s; every other function is pure and works on `TrialRecord`s and `CycleView`s,
 so the cycle card (built inside the flow from the end step's artifacts), the notebook and the
-`factory` CLI all compute the same tables the same way. Nothing here depends on which
-proposer made a trial: proposers are told apart by `proposal.source` only.
+`factory` CLI all compute the same tables the same way; `CycleView.summary` (from
+`explore.summary`) is the one source of a cycle's counts and headline numbers. Nothing here
+depends on which proposer made a trial: proposers are told apart by `proposal.source` only.
 
 Rewards are always "larger is better" (see `factory_lib.reward`); metrics carry directions.
 """

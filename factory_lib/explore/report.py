@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,8 @@ from rich.table import Table
 from factory_lib.explore.analysis import cell
 from factory_lib.explore.summary import LABELS, STATUS_ORDER, CycleSummary, number
 from factory_lib.records import TrialRecord
+
+HEADER_CHARS = 10  # status headers wrap at this width, so a table of cycles fits 200 columns
 
 
 def status_table(objective_name: str, summaries: Sequence[CycleSummary]) -> Table:
@@ -33,7 +36,12 @@ def status_table(objective_name: str, summaries: Sequence[CycleSummary]) -> Tabl
     table = Table(title=f"{objective_name}: {len(summaries)} cycles")
     for header in headers:
         left = header in ("run", LABELS["decision"], LABELS["champion"])
-        table.add_column(header, justify="left" if left else "right")
+        # narrow headers, and folded rather than cut cells: a run id or a decision stays whole
+        table.add_column(
+            textwrap.fill(header, HEADER_CHARS),
+            justify="left" if left else "right",
+            overflow="fold",
+        )
     for s in summaries:
         champ = s.champion
         table.add_row(
