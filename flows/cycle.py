@@ -315,7 +315,7 @@ class CycleFlow(FlowSpec):
         self.pending = outcome.pending
         self.stale_cycles, self.llm_usd_total = outcome.stale_cycles, outcome.llm_usd_total
         self.pareto = outcome.pareto
-        print(outcome.summary_line(self.records))
+        print(outcome.summary.line())
         self.next(self.end)
 
     @card(type="blank", id="cycle", timeout=CARD_TIMEOUT_S)
@@ -334,7 +334,10 @@ class CycleFlow(FlowSpec):
         plan = self.plan
         for notice in publish_cycle(plan.objective.name, plan.newest_cycle, plan.lease, pathspec):
             print(notice)
-        print(f"{self.plan.objective.name}: cycle {self.cycle} done; {self.decision.reason}")
+        print(
+            f"{plan.objective.name}: cycle {self.cycle} done; decision {self.decision.status}: "
+            f"{self.decision.reason}"
+        )
 
 
 if __name__ == "__main__":

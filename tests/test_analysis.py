@@ -72,8 +72,8 @@ def test_best_so_far_by_trial_and_by_cycle(history) -> None:
     assert by_cycle.to_dict("list") == {
         "cycle": [1, 2],
         "trials": [3, 3],
-        "cycle_best": [0.90, 0.92],
-        "best_val_reward": [0.90, 0.92],
+        "best_val_reward_this_cycle": [0.90, 0.92],
+        "best_val_reward_so_far": [0.90, 0.92],
     }
     assert [r.trial_id for r in analysis.improvements(history)] == [
         "c001-t00",
@@ -101,7 +101,13 @@ def test_proposer_stats_group_by_source(history) -> None:
     stats = analysis.proposer_stats(history).set_index("source")
     assert list(stats.index) == ["optuna:tpe", "llm:claude"]
     tpe, llm = stats.loc["optuna:tpe"], stats.loc["llm:claude"]
-    assert (tpe["trials"], tpe["ok"], tpe["not_ok"], tpe["feasible"]) == (5, 4, 1, 3)
+    assert (tpe["trials"], tpe["ok"], tpe["failed"], tpe["pruned"], tpe["feasible"]) == (
+        5,
+        4,
+        1,
+        0,
+        3,
+    )
     assert tpe["best_val_reward"] == 0.92 and tpe["improvements"] == 3
     assert (llm["trials"], llm["ok"], llm["best_val_reward"], llm["improvements"]) == (
         1,
@@ -143,15 +149,15 @@ def test_cycle_table_lineage_and_budget(history, smoke) -> None:
         ),
     ]
     table = analysis.cycle_table(cycles)
-    assert table[["cycle", "trials", "ok", "not_ok", "decision", "champion"]].to_dict("list") == {
+    assert table[["cycle", "trials", "ok", "failed", "decision", "champion"]].to_dict("list") == {
         "cycle": [1, 2],
         "trials": [3, 3],
         "ok": [2, 3],
-        "not_ok": [1, 0],
+        "failed": [1, 0],
         "decision": ["promoted", "promoted"],
         "champion": ["c001-t01", "c002-t05"],
     }
-    assert list(table["best_val_reward"]) == [0.90, 0.92]
+    assert list(table["best_val_reward_so_far"]) == [0.90, 0.92]
     lineage = analysis.champion_lineage(cycles)
     assert list(lineage["trial_id"]) == ["c001-t01", "c002-t05"]
     assert list(lineage["parent"].fillna("-")) == ["-", "c001-t01"]
@@ -181,3 +187,40 @@ def test_export_optuna_round_trip(history, smoke, tmp_path: Path) -> None:
     assert study.best_trial.user_attrs["trial_id"] == "c002-t05"  # the infeasible one cannot win
     with pytest.raises(optuna.exceptions.DuplicatedStudyError):
         analysis.export_optuna(smoke, history, storage)
+
+
+def test_a_summary_counts_each_status_apart_and_labels_each_number(history, smoke) -> None:
+    """Pruned is not failed; this cycle's best is not the best so far; one run is not a mean."""
+    pruned = record(smoke, 6, cycle=3, status="pruned")
+    late = record(smoke, 7, cycle=3, val=0.91, test=0.93, params=1000)
+    everything = (*history, pruned, late)
+    champion = Champion(
+        record=history[5],
+        promoted_in_cycle=2,
+        metric="accuracy",
+        test_value=0.90,
+        seed_values=(0.90, 0.86, 0.89),
+    )
+    decision = PromotionDecision(status="regressed", reason="worse", challenger="c003-t07")
+    summary = _view(smoke, 3, everything, decision, champion).summary
+    assert summary.counts.model_dump() == {
+        "ok": 1,
+        "pruned": 1,
+        "failed": 0,
+        "diverged": 0,
+        "timeout": 0,
+    }
+    assert (summary.best_val_reward_this_cycle, summary.best_val_reward_so_far) == (0.91, 0.92)
+    assert summary.champion is not None
+    assert (summary.champion.test_one_run, summary.champion.seeds) == (0.90, 3)
+    assert summary.champion.test_mean == pytest.approx(0.8833333)
+    assert summary.line() == (
+        "cycle 3: 2 trials (1 ok, 1 pruned); best val reward this cycle 0.9100; "
+        "best val reward so far 0.9200; decision regressed; champion c002-t05: "
+        "test accuracy (one run) 0.9000; test accuracy (mean over 3 seeds) 0.8833"
+    )
+    row = analysis.cycle_table([_view(smoke, 3, everything, decision, champion)]).iloc[0]
+    assert (row["ok"], row["pruned"], row["failed"], row["champion_seeds"]) == (1, 1, 0, 3)
+    one_seed = champion.model_copy(update={"seed_values": (0.90,)})
+    alone = _view(smoke, 3, everything, decision, one_seed).summary
+    assert alone.champion_text() == "champion c002-t05: test accuracy (one run) 0.9000"

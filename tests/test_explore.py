@@ -88,7 +88,7 @@ def test_the_card_shows_leaderboard_plots_failures_and_decision(search: Search) 
     assert text.count('"type": "image"') == 3 and text.count("data:image/png;base64") == 3
     assert f"Promotion decision: {data.decision.status}" in text
     assert json.dumps(data.decision.reason)[1:-1] in text
-    assert "Failed trials" in text and "planted failure (behaviour=raise)" in text
+    assert "Trials that did not complete" in text and "planted failure (behaviour=raise)" in text
     assert "2 of 50 cycles spent, 48 left" in text
     assert '"type": "progressBar"' in text
     assert "Pareto front of accuracy (maximize) and params (minimize)" in text
@@ -141,12 +141,12 @@ def test_status_shows_each_cycle(search: Search) -> None:
     assert sorted(rows) == [1, 2]
     for i, run in enumerate(search.runs):
         data = run["end"].task.data
-        run_id, trials, ok, failed = rows[i + 1][1:5]
-        assert (run_id, trials, ok, failed) == (run.id, "3", "2", "1")
-        assert rows[i + 1][7] == data.decision.status
-        assert rows[i + 1][8] == data.champion.trial_id
+        run_id, trials, ok, pruned, failed = rows[i + 1][1:6]
+        assert (run_id, trials, ok, pruned, failed) == (run.id, "3", "2", "0", "1")
+        assert rows[i + 1][10] == data.decision.status
+        assert rows[i + 1][11] == data.champion.trial_id
     best = max(r.val_reward for r in search.end(1).data.history if r.eligible)
-    assert rows[2][6] == f"{best:.4g}"
+    assert rows[2][9] == f"{best:.4f}"
     assert "budget: 2 of 50 cycles, 48 left" in proc.stdout
 
 
@@ -161,9 +161,15 @@ def test_show_prints_one_trial(search: Search) -> None:
     proc = _factory("show", failed.trial_id, "--objective", NAME)
     assert proc.returncode == 0, proc.stderr
     assert f"trial {failed.trial_id}" in proc.stdout
+    assert f"looked in objective '{NAME}', the search of cycles 1 to 2" in proc.stdout
     assert "planted failure (behaviour=raise)" in proc.stdout
     assert re.search(r"status\s+│ failed", proc.stdout)
-    assert _factory("show", "c099-t00", "--objective", NAME).returncode == 1
+    missing = _factory("show", "c099-t00", "--objective", NAME)
+    assert missing.returncode == 1 and f"no trial 'c099-t00' in objective '{NAME}'" in (
+        missing.stderr
+    )
+    record = json.loads(_factory("show", failed.trial_id, "--objective", NAME, "--json").stdout)
+    assert record["record"]["result"]["status"] == "failed"
 
 
 def test_export_optuna_matches_the_history(search: Search, tmp_path: Path) -> None:
@@ -206,8 +212,11 @@ def test_the_notebook_runs_top_to_bottom(search: Search) -> None:
     )
     champion = search.end(1).data.champion
     assert f"{NAME}: 2 cycles, 6 trials" in outputs
-    assert f"champion {champion.trial_id}: test accuracy {champion.test_value:.4f}" in outputs
-    assert f"test accuracy: {champion.test_value:.4f}" in outputs  # the loaded model agrees
+    assert f"champion {champion.trial_id}: test accuracy (one run) {champion.test_value:.4f}" in (
+        outputs
+    )
+    # the loaded model agrees
+    assert f"loaded champion, test accuracy (one run) {champion.test_value:.4f}" in outputs
     images = [
         o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
     ]

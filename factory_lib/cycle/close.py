@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from factory_lib.cycle.plan import CyclePlan
+from factory_lib.explore.summary import CycleSummary, best_val_reward, summarize
 from factory_lib.history import append, check_extends
 from factory_lib.objective import Objective
 from factory_lib.records import TrialRecord, TrialResult
@@ -87,27 +88,14 @@ class CycleOutcome:
     bundle: ChampionBundle | None
     pending: ChampionBundle | None
     stale_cycles: int
-    best_val_reward: float | None
     llm_usd_total: float
     pareto: ParetoFront
     promotions: tuple[RegistryEvent, ...]
+    summary: CycleSummary  # what the decide step prints, in the words of every other screen
 
     @property
     def champion(self) -> Champion | None:
         return self.bundle.champion if self.bundle else None
-
-    def summary_line(self, records: Sequence[TrialRecord]) -> str:
-        counts: dict[str, int] = {}
-        for r in records:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        best = f"{self.best_val_reward:.4f}" if self.best_val_reward is not None else "none"
-        c = self.champion
-        champ = f"{c.trial_id} (test {c.metric} {c.test_value:.4f})" if c else "none"
-        return (
-            f"cycle {self.cycle}: {len(records)} trials ({status}); best val reward {best}; "
-            f"{self.decision.status}; champion {champ}"
-        )
 
 
 def score_cycle(
@@ -205,14 +193,7 @@ def close_cycle(
         )
     elif bundle is not None and champion is not None:
         bundle = bundle.model_copy(update={"champion": champion})  # its re-measured seed values
-    best_before = max(
-        (r.val_reward for r in plan.history if r.eligible and r.val_reward is not None),
-        default=None,
-    )
-    best_now = max(
-        (r.val_reward for r in scored.history if r.eligible and r.val_reward is not None),
-        default=None,
-    )
+    best_before, best_now = best_val_reward(plan.history), best_val_reward(scored.history)
     improved = best_now is not None and (best_before is None or best_now > best_before)
     stale = 0 if improved else (plan.previous.stale_cycles + 1 if plan.previous else 1)
     return CycleOutcome(
@@ -221,10 +202,19 @@ def close_cycle(
         bundle=bundle,
         pending=pending,
         stale_cycles=stale,
-        best_val_reward=best_now,
         llm_usd_total=plan.llm_usd_total + llm_usd,
         pareto=pareto_front(objective, scored.history),
         promotions=tuple(events),
+        summary=summarize(
+            objective.name,
+            plan.cycle,
+            scored.records,
+            scored.history,
+            decision,
+            bundle.champion if bundle else None,
+            stale,
+            run_pathspec or None,
+        ),
     )
 
 

@@ -3,8 +3,9 @@
 Two layers. `load_cycles` reads the cycles of an objective through the Metaflow Client API
 into `CycleView`s; every other function is pure and works on `TrialRecord`s and `CycleView`s,
 so the cycle card (built inside the flow from the end step's artifacts), the notebook and the
-`factory` CLI all compute the same tables the same way. Nothing here depends on which
-proposer made a trial: proposers are told apart by `proposal.source` only.
+`factory` CLI all compute the same tables the same way; `CycleView.summary` (from
+`explore.summary`) is the one source of a cycle's counts and headline numbers. Nothing here
+depends on which proposer made a trial: proposers are told apart by `proposal.source` only.
 
 Rewards are always "larger is better" (see `factory_lib.reward`); metrics carry directions.
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from factory_lib.explore.summary import STATUS_ORDER, CycleSummary, StatusCounts, summarize
 from factory_lib.history import CycleState
 from factory_lib.objective import METRIC_DIRECTIONS, Objective
 from factory_lib.records import TrialRecord
@@ -49,6 +51,20 @@ class CycleView:
     @property
     def run_id(self) -> str | None:
         return self.run_pathspec.split("/")[-1] if self.run_pathspec else None
+
+    @property
+    def summary(self) -> CycleSummary:
+        """This cycle's counts per status and labelled numbers, as every screen shows them."""
+        return summarize(
+            self.objective.name,
+            self.cycle,
+            self.records,
+            self.history,
+            self.decision,
+            self.champion,
+            self.stale_cycles,
+            self.run_pathspec,
+        )
 
     @classmethod
     def of(cls, state: CycleState) -> CycleView:
@@ -215,7 +231,8 @@ def _num(value: float | None) -> float:
 
 
 def failed_trials(records: Sequence[TrialRecord]) -> pd.DataFrame:
-    """The trials that did not complete, with their status and cause, in trial order."""
+    """The trials that did not complete (pruned, failed, diverged, timeout), with their status
+    and cause, in trial order."""
     rows = [
         {
             "trial_id": r.trial_id,
@@ -230,13 +247,28 @@ def failed_trials(records: Sequence[TrialRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial_id", "cycle", "source", "status", "cause"])
 
 
-def find_trial(records: Sequence[TrialRecord], trial_id: str) -> TrialRecord:
-    """The record of one trial by its id (e.g. `c002-t05`)."""
+def find_trial(records: Sequence[TrialRecord], trial_id: str, where: str = "") -> TrialRecord:
+    """The record of one trial by its id (e.g. `c002-t05`); `where` names the search in the
+    error (trial ids repeat across objectives and searches)."""
     for r in records:
         if r.trial_id == trial_id:
             return r
     known = ", ".join(r.trial_id for r in records[-5:])
-    raise LookupError(f"no trial {trial_id!r} in this search (latest: {known or 'none'})")
+    raise LookupError(
+        f"no trial {trial_id!r} in {where or 'this search'} (latest: {known or 'none'})"
+    )
+
+
+def search_of(cycles: Sequence[CycleView]) -> str:
+    """Which search `cycles` (oldest first) are, in words: the objective, and the runs of its
+    first and latest cycle (a `--fresh` search of the same objective starts at cycle 1 again)."""
+    first, last = latest(cycles[:1]), latest(cycles)
+    span = (
+        f"cycle {first.cycle} (run {first.run_id})"
+        if first is last
+        else f"cycles {first.cycle} to {last.cycle} (runs {first.run_id} to {last.run_id})"
+    )
+    return f"objective {last.objective.name!r}, the search of {span}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,17 +293,20 @@ def best_so_far(records: Sequence[TrialRecord]) -> pd.DataFrame:
     return frame
 
 
+BY_CYCLE_COLUMNS = ["cycle", "trials", "best_val_reward_this_cycle", "best_val_reward_so_far"]
+
+
 def best_by_cycle(records: Sequence[TrialRecord]) -> pd.DataFrame:
     """By cycle: trials run, the cycle's best eligible validation reward, and the best so far."""
     by_trial = best_so_far(records)
     if by_trial.empty:
-        return pd.DataFrame(columns=["cycle", "trials", "cycle_best", "best_val_reward"])
+        return pd.DataFrame(columns=BY_CYCLE_COLUMNS)
     grouped = by_trial.groupby("cycle", sort=True)
     frame = pd.DataFrame(
         {
             "trials": grouped.size(),
-            "cycle_best": grouped["val_reward"].max(),
-            "best_val_reward": grouped["best_val_reward"].last(),
+            "best_val_reward_this_cycle": grouped["val_reward"].max(),
+            "best_val_reward_so_far": grouped["best_val_reward"].last(),
         }
     )
     return frame.reset_index()
@@ -337,8 +372,7 @@ def _signed(value: float, a: ParetoAxis) -> float:
 PROPOSER_COLUMNS = [
     "source",
     "trials",
-    "ok",
-    "not_ok",
+    *STATUS_ORDER,
     "ok_rate",
     "feasible",
     "best_val_reward",
@@ -349,21 +383,21 @@ PROPOSER_COLUMNS = [
 
 
 def proposer_stats(records: Sequence[TrialRecord]) -> pd.DataFrame:
-    """Per proposer (`proposal.source`): how many trials, how many worked, how good, at what
-    cost, and how often one of its trials raised the best so far. Best proposer first."""
+    """Per proposer (`proposal.source`): how many trials, how many ended in each status, how
+    good, at what cost, and how often one of its trials raised the best so far. Best proposer
+    first."""
     raised = {r.trial_id for r in improvements(records)}
     rows = []
     for source in sorted({r.proposal.source for r in records}):
         mine = [r for r in records if r.proposal.source == source]
         rewards = [r.val_reward for r in mine if r.eligible and r.val_reward is not None]
-        ok = sum(r.status == "ok" for r in mine)
+        counts = StatusCounts.of(mine)
         rows.append(
             {
                 "source": source,
                 "trials": len(mine),
-                "ok": ok,
-                "not_ok": len(mine) - ok,
-                "ok_rate": ok / len(mine),
+                **counts.model_dump(),
+                "ok_rate": counts.ok / len(mine),
                 "feasible": sum(r.eligible for r in mine),
                 "best_val_reward": max(rewards) if rewards else math.nan,
                 "mean_val_reward": sum(rewards) / len(rewards) if rewards else math.nan,
@@ -383,40 +417,45 @@ CYCLE_COLUMNS = [
     "cycle",
     "run_id",
     "trials",
-    "ok",
-    "not_ok",
-    "cycle_best",
-    "best_val_reward",
+    *STATUS_ORDER,
+    "best_val_reward_this_cycle",
+    "best_val_reward_so_far",
     "decision",
     "champion",
-    "champion_test",
+    "champion_test_one_run",
+    "champion_test_mean",
+    "champion_seeds",
     "train_seconds",
 ]
 
 
+def cycle_summaries(cycles: Sequence[CycleView]) -> list[CycleSummary]:
+    """Each cycle's counts per status and labelled numbers (`CycleSummary`), oldest first."""
+    return [view.summary for view in cycles]
+
+
 def cycle_table(cycles: Sequence[CycleView]) -> pd.DataFrame:
-    """One row per cycle: trials ok and not, the cycle's best and the best so far (validation
-    reward), the promotion decision, the champion after it and the training seconds spent."""
+    """One row per cycle, from `cycle_summaries`: trials in each status, the cycle's best and
+    the best so far (validation reward), the promotion decision, the champion after it with
+    its held-out metric (its own run, and the mean over the seeds it was measured on) and the
+    training seconds spent."""
     rows = []
-    for view in cycles:
-        progress = best_by_cycle(view.history)
-        best = progress[progress["cycle"] == view.cycle]
-        ok = sum(r.status == "ok" for r in view.records)
+    for s in cycle_summaries(cycles):
+        champ = s.champion
         rows.append(
             {
-                "cycle": view.cycle,
-                "run_id": view.run_id,
-                "trials": len(view.records),
-                "ok": ok,
-                "not_ok": len(view.records) - ok,
-                "cycle_best": float(best["cycle_best"].iloc[0]) if len(best) else math.nan,
-                "best_val_reward": float(best["best_val_reward"].iloc[0])
-                if len(best)
-                else math.nan,
-                "decision": view.decision.status,
-                "champion": view.champion.trial_id if view.champion else None,
-                "champion_test": view.champion.test_value if view.champion else math.nan,
-                "train_seconds": _train_seconds(view.records),
+                "cycle": s.cycle,
+                "run_id": s.run_id,
+                "trials": s.trials,
+                **s.counts.model_dump(),
+                "best_val_reward_this_cycle": _num(s.best_val_reward_this_cycle),
+                "best_val_reward_so_far": _num(s.best_val_reward_so_far),
+                "decision": s.decision,
+                "champion": champ.trial_id if champ else None,
+                "champion_test_one_run": champ.test_one_run if champ else math.nan,
+                "champion_test_mean": champ.test_mean if champ else math.nan,
+                "champion_seeds": champ.seeds if champ else 0,
+                "train_seconds": s.train_seconds,
             }
         )
     return pd.DataFrame(rows, columns=CYCLE_COLUMNS)

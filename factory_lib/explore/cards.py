@@ -9,7 +9,7 @@ are embedded as PNGs: the card is one self-contained HTML file, viewable offline
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -17,6 +17,7 @@ from metaflow.plugins.cards.card_modules.components import Image, Markdown, Prog
 
 from factory_lib.explore import analysis, plots
 from factory_lib.explore.analysis import CycleView, cell, missing
+from factory_lib.explore.summary import LABELS, number
 
 CARD_ID = "cycle"
 CAUSE_CHARS = 300
@@ -43,13 +44,14 @@ def cycle_card(view: CycleView) -> list[Any]:
 
 
 def _header(view: CycleView) -> list[Any]:
-    ok = sum(r.status == "ok" for r in view.records)
+    s = view.summary
     where = f" · run `{view.run_pathspec}`" if view.run_pathspec else ""
     return [
         Markdown(
             f"# {view.objective.name}: cycle {view.cycle}\n\n"
-            f"{len(view.records)} trials this cycle ({ok} ok, {len(view.records) - ok} not), "
-            f"{len(view.history)} in the search so far{where}"
+            f"{s.trials} trials this cycle ({s.counts.text()}), "
+            f"{s.trials_so_far} {LABELS['trials_so_far']}{where}\n\n"
+            f"`{text(s.line())}`"
         )
     ]
 
@@ -63,15 +65,14 @@ def _decision(view: CycleView) -> list[Any]:
         lines.append(f"- champion before: `{d.champion}`")
     if d.delta is not None:
         lines.append(f"- delta on the held-out split: {d.delta:+.4g}")
-    champ = view.champion
-    if champ is not None:
+    champ, summary = view.champion, view.summary.champion
+    if champ is not None and summary is not None:
         p = champ.record.proposal
         params = ", ".join(f"{k}={text(cell(v))}" for k, v in sorted(p.params.items()))
         lines += [
             "",
-            f"**Champion** `{champ.trial_id}` (promoted in cycle {champ.promoted_in_cycle}): "
-            f"test {champ.metric} {champ.test_value:.4g}, validation reward "
-            f"{cell(champ.record.val_reward)}; proposed by `{p.source}`: "
+            f"**Champion** `{summary.text()}`; promoted in cycle {champ.promoted_in_cycle}, "
+            f"val reward (one run) {number(champ.record.val_reward)}; proposed by `{p.source}`: "
             f"{text(p.rationale) or '-'}",
             "",
             f"parameters: {params}",
@@ -113,10 +114,7 @@ def _progress(view: CycleView) -> list[Any]:
     return [
         Markdown("## Best so far, across all cycles"),
         Image(plots.png(plots.best_so_far_figure(by_trial)), label="validation reward"),
-        _table(
-            analysis.best_by_cycle(view.history),
-            ["cycle", "trials", "cycle_best", "best_val_reward"],
-        ),
+        _table(analysis.best_by_cycle(view.history), analysis.BY_CYCLE_COLUMNS, labels=LABELS),
     ]
 
 
@@ -143,15 +141,22 @@ def _proposers(view: CycleView) -> list[Any]:
 
 def _failures(view: CycleView) -> list[Any]:
     failed = analysis.failed_trials(view.records)
+    title = "## Trials that did not complete (pruned, failed, diverged, timeout)"
     if failed.empty:
-        return [Markdown("## Failed trials\n\nnone: every trial of this cycle completed")]
+        return [Markdown(f"{title}\n\nnone: every trial of this cycle completed")]
     failed["cause"] = failed["cause"].str.slice(0, CAUSE_CHARS)
-    return [Markdown("## Failed trials"), _table(failed, list(failed.columns))]
+    counts = view.summary.counts.model_copy(update={"ok": 0}).text()
+    return [Markdown(f"{title}\n\n{counts}"), _table(failed, list(failed.columns))]
 
 
-def _table(frame: pd.DataFrame, columns: Sequence[str], params: bool = False) -> Table:
+def _table(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    params: bool = False,
+    labels: Mapping[str, str] | None = None,
+) -> Table:
     """A card table of the named columns (those present), numbers to four digits; with
-    `params`, one more column listing each trial's hyperparameters."""
+    `params`, one more column listing each trial's hyperparameters; `labels` names headers."""
     present = [c for c in columns if c in frame.columns]
     param_cols = [c for c in frame.columns if c.startswith("param_")] if params else []
     rows: list[list[Any]] = []
@@ -166,5 +171,5 @@ def _table(frame: pd.DataFrame, columns: Sequence[str], params: bool = False) ->
                 )
             )
         rows.append(cells)
-    headers = [*present, *(["params"] if param_cols else [])]
+    headers = [*((labels or {}).get(c, c) for c in present), *(["params"] if param_cols else [])]
     return Table(data=rows or [["(none)", *[""] * (len(headers) - 1)]], headers=headers)

@@ -15,9 +15,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from factory_lib.explore.analysis import ParetoAxis
+from factory_lib.explore.summary import STATUS_ORDER
 
 FIGSIZE = (6.4, 3.6)
 DPI = 110
+STATUS_COLOURS = {
+    "ok": "tab:green",
+    "pruned": "tab:olive",
+    "failed": "tab:red",
+    "diverged": "tab:purple",
+    "timeout": "tab:brown",
+}
 
 
 def png(fig: Figure) -> bytes:
@@ -122,8 +130,12 @@ def proposer_figure(stats: pd.DataFrame) -> Figure:
         left.text(0.5, 0.5, "no trials yet", ha="center", va="center", transform=left.transAxes)
         return fig
     names = list(stats["source"])
-    left.barh(names, stats["ok"], color="tab:green", label="ok")
-    left.barh(names, stats["not_ok"], left=stats["ok"], color="tab:red", label="not ok")
+    start = [0] * len(names)
+    for status in STATUS_ORDER:  # stacked, one colour per status
+        counts = list(stats[status])
+        if any(counts):
+            left.barh(names, counts, left=start, color=STATUS_COLOURS[status], label=status)
+            start = [a + b for a, b in zip(start, counts, strict=True)]
     left.set_xlabel("trials")
     left.legend(fontsize=8)
     best = [0.0 if math.isnan(v) else v for v in stats["best_val_reward"]]

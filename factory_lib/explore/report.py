@@ -2,36 +2,62 @@
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd
 from rich.table import Table
 
 from factory_lib.explore.analysis import cell
+from factory_lib.explore.summary import LABELS, STATUS_ORDER, CycleSummary, number
 from factory_lib.records import TrialRecord
 
-STATUS_COLUMNS = (
-    ("cycle", "cycle"),
-    ("run_id", "run"),
-    ("trials", "trials"),
-    ("ok", "ok"),
-    ("not_ok", "failed"),
-    ("cycle_best", "best reward"),
-    ("best_val_reward", "best so far"),
-    ("decision", "decision"),
-    ("champion", "champion"),
-    ("champion_test", "champion test"),
-    ("train_seconds", "train s"),
-)
+HEADER_CHARS = 10  # status headers wrap at this width, so a table of cycles fits 200 columns
 
 
-def status_table(objective_name: str, cycles: pd.DataFrame) -> Table:
-    """The cycles of a search (from `analysis.cycle_table`), one row each."""
-    table = Table(title=f"{objective_name}: {len(cycles)} cycles")
-    for _, header in STATUS_COLUMNS:
-        table.add_column(header, justify="left" if header in ("run", "decision") else "right")
-    for _, row in cycles.iterrows():
-        table.add_row(*(cell(row[column]) for column, _ in STATUS_COLUMNS))
+def status_table(objective_name: str, summaries: Sequence[CycleSummary]) -> Table:
+    """The cycles of a search (`analysis.cycle_summaries`), one row each, in the words and
+    numbers of every other screen (`explore.summary.LABELS`)."""
+    metric = next((s.champion.metric for s in reversed(summaries) if s.champion), "metric")
+    headers = [
+        "cycle",
+        "run",
+        LABELS["trials"],
+        *STATUS_ORDER,
+        LABELS["best_val_reward_this_cycle"],
+        LABELS["best_val_reward_so_far"],
+        LABELS["decision"],
+        LABELS["champion"],
+        LABELS["test_one_run"].format(metric=metric),
+        LABELS["test_mean"].format(metric=metric, seeds="mean over seeds"),
+        "seeds",
+        LABELS["train_seconds"],
+    ]
+    table = Table(title=f"{objective_name}: {len(summaries)} cycles")
+    for header in headers:
+        left = header in ("run", LABELS["decision"], LABELS["champion"])
+        # narrow headers, and folded rather than cut cells: a run id or a decision stays whole
+        table.add_column(
+            textwrap.fill(header, HEADER_CHARS),
+            justify="left" if left else "right",
+            overflow="fold",
+        )
+    for s in summaries:
+        champ = s.champion
+        table.add_row(
+            str(s.cycle),
+            s.run_id or "-",
+            str(s.trials),
+            *(str(getattr(s.counts, status)) for status in STATUS_ORDER),
+            number(s.best_val_reward_this_cycle),
+            number(s.best_val_reward_so_far),
+            s.decision,
+            champ.trial_id if champ else "none",
+            number(champ.test_one_run if champ else None),
+            number(champ.test_mean if champ else None),
+            str(champ.seeds) if champ else "-",
+            f"{s.train_seconds:.1f}",
+        )
     return table
 
 

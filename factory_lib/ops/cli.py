@@ -2,9 +2,9 @@
 
 factory loop --cycles 5                          # 5 more cycles of objectives/digits.yaml
 factory loop --cycles 3 --objective wine --trials 4 --epochs 10
-factory loop --cycles 2 --config path/to/objective.yaml --fresh
-factory status [--objective digits]              # the cycles of a search, one row each
-factory show c002-t05 [--objective digits]       # one trial's record
+factory loop --cycles 2 --config path/to/objective.yaml --fresh [--json]
+factory status [--objective digits] [--json]     # the cycles of a search, one row each
+factory show c002-t05 [--objective digits] [--json]   # one trial's record, and which search
 factory export-optuna --objective digits sqlite:///digits.db   # history as an Optuna study
 factory profile --stack dark-factory --image IMAGE   # Metaflow profile `aws` from the stack
 factory doctor --profile aws                         # is the AWS side there and usable?
@@ -15,9 +15,11 @@ factory check objectives/*.yaml                  # refused mistakes, data, model
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +31,26 @@ from factory_lib.runs.lease import DatastoreError
 
 
 def status(args: argparse.Namespace) -> int:
-    """Print the cycles of the objective's latest search as a table."""
+    """Print the cycles of the objective's latest search, one row each (`--json`: for scripts)."""
     from rich.console import Console
 
-    from factory_lib.explore.analysis import budget_status, cycle_table, latest
+    from factory_lib.explore.analysis import budget_status, cycle_summaries, latest, search_of
     from factory_lib.explore.report import status_table
 
     cycles = _cycles(args.objective)
-    console = Console()
-    console.print(status_table(args.objective, cycle_table(cycles)))
+    summaries = cycle_summaries(cycles)
     b = budget_status(latest(cycles))
+    if args.json:
+        report = {
+            "objective": args.objective,
+            "search": search_of(cycles),
+            "cycles": [s.model_dump(mode="json") for s in summaries],
+            "budget": {**asdict(b), "cycles_left": b.cycles_left},
+        }
+        print(json.dumps(report, indent=1))
+        return 0
+    console = Console()
+    console.print(status_table(args.objective, summaries))
     console.print(
         f"budget: {b.cycles_used} of {b.max_cycles} cycles, {b.cycles_left} left; "
         f"{b.stale_cycles} of {b.patience} cycles without gain; "
@@ -48,13 +60,19 @@ def status(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    """Print one trial's record from the objective's latest search."""
+    """Print one trial's record from the objective's latest search, and say which search."""
     from rich.console import Console
 
-    from factory_lib.explore.analysis import find_trial, latest
+    from factory_lib.explore.analysis import find_trial, latest, search_of
     from factory_lib.explore.report import trial_panel
 
-    record = find_trial(latest(_cycles(args.objective)).history, args.trial)
+    cycles = _cycles(args.objective)
+    where = search_of(cycles)
+    record = find_trial(latest(cycles).history, args.trial, where)
+    if args.json:
+        print(json.dumps({"search": where, "record": record.model_dump(mode="json")}, indent=1))
+        return 0
+    print(f"looked in {where}")
     Console().print(trial_panel(record))
     return 0
 
@@ -216,6 +234,10 @@ def _objective_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default="digits", help="objective name (digits)")
 
 
+def _json_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"{what} as JSON, for scripts")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,15 +256,18 @@ def _parser() -> argparse.ArgumentParser:
         "--drift-data",
         help="labelled data (.npz x/y or .csv): start only if `factory drift` says so",
     )
+    _json_option(p, "one line per finished cycle (its summary)")
     p.set_defaults(func=loop)
 
     p = sub.add_parser("status", help="a table of the cycles of an objective's search")
     _objective_option(p)
+    _json_option(p, "each cycle's summary and the budget")
     p.set_defaults(func=status)
 
-    p = sub.add_parser("show", help="one trial's record")
-    p.add_argument("trial", help="trial id, e.g. c002-t05")
+    p = sub.add_parser("show", help="one trial's record, in the objective's latest search")
+    p.add_argument("trial", help="trial id, e.g. c002-t05 (ids repeat across objectives)")
     _objective_option(p)
+    _json_option(p, "the record")
     p.set_defaults(func=show)
 
     p = sub.add_parser("export-optuna", help="write the history as an Optuna study")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from factory_lib.checks import check_file
+from factory_lib.explore.summary import CycleSummary, summarize
 from factory_lib.history import CycleState, state_of
 from factory_lib.objective import Objective, objective_path
 from factory_lib.runs.client import FLOW_NAME
@@ -33,19 +35,24 @@ def load_checked(path: Path) -> Objective:
     return checked.objective
 
 
-def _progress_line(i: int, n: int, data: CycleState, seconds: float) -> str:
-    counts: dict[str, int] = {}
-    for r in data.records:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    status = ", ".join(f"{c} {s}" for s, c in sorted(counts.items()))
-    eligible = [r.val_reward for r in data.history if r.eligible and r.val_reward is not None]
-    best = f"{max(eligible):.4f}" if eligible else "none"
-    champion = data.champion.trial_id if data.champion else "none"
-    decision = data.decision.status if data.decision else "?"
-    return (
-        f"[{i}/{n}] cycle {data.cycle}: {len(data.records)} trials ({status}) | "
-        f"best val reward {best} | {decision}, champion {champion} | {seconds:.0f} s"
+def summary_of(data: CycleState) -> CycleSummary:
+    """A finished cycle's summary, as the flow printed it and `factory status` shows it."""
+    assert data.objective is not None and data.decision is not None
+    return summarize(
+        data.objective.name,
+        data.cycle,
+        data.records,
+        data.history,
+        data.decision,
+        data.champion,
+        data.stale_cycles,
+        data.run_pathspec,
     )
+
+
+def progress_line(i: int, n: int, summary: CycleSummary, seconds: float) -> str:
+    """`[2/5] ` and the cycle's summary line, then the seconds it took."""
+    return f"[{i}/{n}] {summary.line()} | {seconds:.0f} s"
 
 
 # The train step's line for a finished trial, e.g. "[c002-t05] ok" or "[c002-t01] failed (...)"
@@ -82,7 +89,7 @@ class _CycleOutcome:
 
 
 async def _run_cycle(
-    args: argparse.Namespace, path: Path, params: dict[str, Any], watch: _TrialWatch
+    args: argparse.Namespace, path: Path, params: dict[str, Any], watch: _TrialWatch, out: TextIO
 ) -> _CycleOutcome:
     """Run one cycle through Runner, printing a line as each trial finishes."""
     from metaflow.runner.metaflow_runner import Runner
@@ -93,15 +100,18 @@ async def _run_cycle(
         async for _, text in running.stream_log("stdout"):  # type: ignore[attr-defined]
             progress = watch.line(text)
             if args.verbose:
-                print(text, flush=True)
+                print(text, file=out, flush=True)
             elif progress is not None:
-                print(progress, flush=True)
+                print(progress, file=out, flush=True)
         await running.wait()
         return _CycleOutcome(running.status, running.run, running.stderr[-4000:])
 
 
 def loop(args: argparse.Namespace) -> int:
-    """Run up to N chained cycles; stop early on budget or on `patience` cycles of no gain."""
+    """Run up to N chained cycles; stop early on budget or on `patience` cycles of no gain.
+
+    With `--json`, stdout holds only one JSON object per finished cycle (its `CycleSummary`,
+    with `loop_cycle`, `loop_cycles` and `seconds`); everything else goes to stderr."""
     import torch  # noqa: F401  before Runner: Metaflow's vendored typing_extensions (#2462)
 
     from factory_lib.runs.client import latest_cycle
@@ -111,20 +121,26 @@ def loop(args: argparse.Namespace) -> int:
     path = objective_file(args)
     objective = load_checked(path)
     budget = objective.budget
+    out = sys.stderr if args.json else sys.stdout
     if args.drift_data:
         from factory_lib.ops.drift import check_drift, load_labelled
 
         report = check_drift(objective.name, *load_labelled(args.drift_data), FLOW_NAME)
-        print("\n".join(report.lines()))
+        print("\n".join(report.lines()), file=out)
         if not report.warranted:
-            print("stop: no drift, no cycle started")
+            print("stop: no drift, no cycle started", file=out)
             return 0
-    print(f"factory loop: {objective.name} ({path}), up to {args.cycles} cycles", flush=True)
+    print(
+        f"factory loop: {objective.name} ({path}), up to {args.cycles} cycles", file=out, flush=True
+    )
     for i in range(1, args.cycles + 1):
         fresh = args.fresh and i == 1
         state = None if fresh else latest_cycle(FLOW_NAME, objective.name)
         if state is not None and state.cycle >= budget.max_cycles:
-            print(f"stop: budget spent ({state.cycle} of budget.max_cycles={budget.max_cycles})")
+            print(
+                f"stop: budget spent ({state.cycle} of budget.max_cycles={budget.max_cycles})",
+                file=out,
+            )
             return 0
         params: dict[str, Any] = {"trials": args.trials, "epochs": args.epochs}
         if fresh:
@@ -137,7 +153,7 @@ def loop(args: argparse.Namespace) -> int:
         watch = _TrialWatch(
             f"[{i}/{args.cycles}]", args.trials or objective.budget.trials_per_cycle, best
         )
-        outcome = asyncio.run(_run_cycle(args, path, params, watch))
+        outcome = asyncio.run(_run_cycle(args, path, params, watch, out))
         if outcome.status != "successful":
             print(outcome.stderr_tail, file=sys.stderr)
             print(
@@ -147,8 +163,16 @@ def loop(args: argparse.Namespace) -> int:
             )
             return 1
         data = state_of(outcome.run["end"].task.data, outcome.run.pathspec)
-        print(_progress_line(i, args.cycles, data, time.monotonic() - started), flush=True)
+        summary, seconds = summary_of(data), time.monotonic() - started
+        if args.json:
+            fields = {"loop_cycle": i, "loop_cycles": args.cycles, "seconds": round(seconds, 1)}
+            print(json.dumps({**fields, **summary.model_dump(mode="json")}), flush=True)
+        else:
+            print(progress_line(i, args.cycles, summary, seconds), flush=True)
         if data.stale_cycles >= budget.patience:
-            print(f"stop: no better reward for {data.stale_cycles} cycles (budget.patience)")
+            print(
+                f"stop: no better reward for {data.stale_cycles} cycles (budget.patience)",
+                file=out,
+            )
             return 0
     return 0

@@ -67,6 +67,11 @@ class PromotionDecision(FrozenModel):
 Measure = Callable[[TrialRecord, int], tuple[float, ...]]
 
 
+def seeds_label(n: int) -> str:
+    """What a held-out number over `n` retrainings is: `one run`, or `mean over n seeds`."""
+    return "one run" if n == 1 else f"mean over {n} seeds"
+
+
 def challenger_of(records: Sequence[TrialRecord]) -> TrialRecord | None:
     """The best eligible, unflagged trial by validation reward (never by a test metric)."""
     eligible = [r for r in records if r.eligible and not r.flags]
@@ -194,9 +199,11 @@ def verdict(
     """Promote only when the lower confidence bound clears the minimum improvement."""
     e = evidence
     summary = (
-        f"test {e.metric}: challenger {np.mean(e.challenger_values):.4g} vs champion "
-        f"{np.mean(e.champion_values):.4g} ({e.method}; lower {e.confidence:.0%} bound of the "
-        f"gain {e.lower_bound:+.4g}, minimum {margin:g})"
+        f"test {e.metric}: challenger {np.mean(e.challenger_values):.4f} "
+        f"({seeds_label(len(e.challenger_values))}) vs champion "
+        f"{np.mean(e.champion_values):.4f} ({seeds_label(len(e.champion_values))}); "
+        f"{e.method}; lower {e.confidence:.0%} bound of the gain {e.lower_bound:+.4g}, "
+        f"minimum {margin:g}"
     )
     if e.lower_bound > margin:
         return "promoted", summary
