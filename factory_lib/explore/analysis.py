@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
@@ -23,7 +23,7 @@ from factory_lib.objective import METRIC_DIRECTIONS, Objective
 from factory_lib.records import TrialRecord
 from factory_lib.registry.gate import Champion, PromotionDecision
 from factory_lib.reward import pareto_indices
-from factory_lib.runs.client import FLOW_NAME, cycle_runs, read_cycle
+from factory_lib.runs.client import FLOW_NAME, Retirement, cycle_runs, read_cycle, retirement_of
 
 if TYPE_CHECKING:
     import optuna
@@ -45,10 +45,18 @@ class CycleView:
     stale_cycles: int
     run_pathspec: str | None = None
     created_at: str | None = None
+    retired: Retirement | None = None  # `factory retire`: the search passes over this cycle
+    retired_cycles: tuple[int, ...] = ()  # the search's retired cycles before this one
+    space_changes: tuple[str, ...] = ()  # search_space and fixed since the cycle it continued
 
     @property
     def run_id(self) -> str | None:
         return self.run_pathspec.split("/")[-1] if self.run_pathspec else None
+
+    @property
+    def cycles_counted(self) -> int:
+        """The cycles of the search up to this one that count against `budget.max_cycles`."""
+        return self.cycle - len(self.retired_cycles)
 
     @classmethod
     def of(cls, state: CycleState) -> CycleView:
@@ -64,6 +72,8 @@ class CycleView:
             stale_cycles=state.stale_cycles,
             run_pathspec=state.run_pathspec,
             created_at=state.created_at or None,
+            retired_cycles=state.retired_cycles,
+            space_changes=state.space_changes,
         )
 
 
@@ -109,24 +119,29 @@ class BudgetStatus:
 def load_cycles(
     objective_name: str, flow_name: str = FLOW_NAME, all_searches: bool = False
 ) -> list[CycleView]:
-    """The successful cycles of an objective, oldest first.
+    """The successful cycles of an objective, oldest first, retired ones (`retired` set)
+    included.
 
-    By default only the latest search (from its newest cycle 1 on): `--fresh` starts a new
-    search under the same tag, and its cycle numbers start again at 1.
+    By default only the latest search (from its newest cycle 1 that is not retired on):
+    `--fresh` starts a new search under the same tag, and its cycle numbers start again at 1.
     """
     views: list[CycleView] = []
     for run in cycle_runs(flow_name, objective_name):  # newest first
-        views.append(CycleView.of(read_cycle(run)))
-        if views[-1].cycle == 1 and not all_searches:
+        views.append(replace(CycleView.of(read_cycle(run)), retired=retirement_of(run)))
+        if views[-1].cycle == 1 and views[-1].retired is None and not all_searches:
             break
     return views[::-1]
 
 
 def latest(cycles: Sequence[CycleView]) -> CycleView:
-    """The newest cycle; a clear error when the objective has none yet."""
-    if not cycles:
-        raise LookupError("no successful cycle yet: run `python flows/cycle.py run` first")
-    return cycles[-1]
+    """The newest cycle that is not retired (the one the search goes on from); a clear error
+    when the objective has none yet."""
+    live = [view for view in cycles if view.retired is None]
+    if not live:
+        raise LookupError(
+            "no successful cycle yet (that is not retired): run `python flows/cycle.py run` first"
+        )
+    return live[-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,12 +406,14 @@ CYCLE_COLUMNS = [
     "champion",
     "champion_test",
     "train_seconds",
+    "retired",
 ]
 
 
 def cycle_table(cycles: Sequence[CycleView]) -> pd.DataFrame:
     """One row per cycle: trials ok and not, the cycle's best and the best so far (validation
-    reward), the promotion decision, the champion after it and the training seconds spent."""
+    reward), the promotion decision, the champion after it, the training seconds spent and,
+    for a retired cycle, who retired it and why (`Retirement.describe`)."""
     rows = []
     for view in cycles:
         progress = best_by_cycle(view.history)
@@ -417,6 +434,7 @@ def cycle_table(cycles: Sequence[CycleView]) -> pd.DataFrame:
                 "champion": view.champion.trial_id if view.champion else None,
                 "champion_test": view.champion.test_value if view.champion else math.nan,
                 "train_seconds": _train_seconds(view.records),
+                "retired": view.retired.describe() if view.retired else None,
             }
         )
     return pd.DataFrame(rows, columns=CYCLE_COLUMNS)
@@ -442,11 +460,12 @@ LINEAGE_COLUMNS = [
 
 def champion_lineage(cycles: Sequence[CycleView]) -> pd.DataFrame:
     """Every promotion of the search, oldest first: which trial, from which proposer and why,
-    its held-out metric, the champion it replaced (`parent`) and by how much."""
+    its held-out metric, the champion it replaced (`parent`) and by how much; retired cycles'
+    promotions do not count."""
     rows = []
     for view in cycles:
         champ = view.champion
-        if view.decision.status != "promoted" or champ is None:
+        if view.decision.status != "promoted" or champ is None or view.retired is not None:
             continue
         rows.append(
             {
@@ -466,10 +485,11 @@ def champion_lineage(cycles: Sequence[CycleView]) -> pd.DataFrame:
 
 
 def budget_status(view: CycleView) -> BudgetStatus:
-    """The objective's budget against what the search has spent up to this cycle."""
+    """The objective's budget against what the search has spent up to this cycle (retired
+    cycles not counted)."""
     budget = view.objective.budget
     return BudgetStatus(
-        cycles_used=view.cycle,
+        cycles_used=view.cycles_counted,
         max_cycles=budget.max_cycles,
         trials_this_cycle=len(view.records),
         trials_per_cycle=budget.trials_per_cycle,

@@ -32,6 +32,7 @@ def cycle_card(view: CycleView) -> list[Any]:
     """The card's components, top to bottom."""
     return [
         *_header(view),
+        *_space_changes(view),
         *_decision(view),
         *_budget(view),
         *_leaderboard(view),
@@ -50,6 +51,19 @@ def _header(view: CycleView) -> list[Any]:
             f"# {view.objective.name}: cycle {view.cycle}\n\n"
             f"{len(view.records)} trials this cycle ({ok} ok, {len(view.records) - ok} not), "
             f"{len(view.history)} in the search so far{where}"
+        )
+    ]
+
+
+def _space_changes(view: CycleView) -> list[Any]:
+    if not view.space_changes:
+        return []
+    lines = [f"- {text(change)}" for change in view.space_changes]
+    return [
+        Markdown(
+            "## Search space changed\n\n"
+            "since the cycle this one continues from; earlier trials were drawn from the old "
+            "space:\n\n" + "\n".join(lines)
         )
     ]
 

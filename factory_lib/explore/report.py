@@ -23,15 +23,25 @@ STATUS_COLUMNS = (
     ("champion_test", "champion test"),
     ("train_seconds", "train s"),
 )
+# Shown when a cycle of the search is retired: when, by whom and why.
+RETIRED_COLUMN = ("retired", "retired")
 
 
 def status_table(objective_name: str, cycles: pd.DataFrame) -> Table:
-    """The cycles of a search (from `analysis.cycle_table`), one row each."""
-    table = Table(title=f"{objective_name}: {len(cycles)} cycles")
-    for _, header in STATUS_COLUMNS:
-        table.add_column(header, justify="left" if header in ("run", "decision") else "right")
-    for _, row in cycles.iterrows():
-        table.add_row(*(cell(row[column]) for column, _ in STATUS_COLUMNS))
+    """The cycles of a search (from `analysis.cycle_table`), one row each; a retired cycle's
+    row is dimmed and says who retired it and why."""
+    retired = cycles["retired"].notna()
+    columns = (*STATUS_COLUMNS, RETIRED_COLUMN) if retired.any() else STATUS_COLUMNS
+    title = f"{objective_name}: {len(cycles)} cycles"
+    table = Table(title=title + (f" ({int(retired.sum())} retired)" if retired.any() else ""))
+    for _, header in columns:
+        table.add_column(
+            header, justify="left" if header in ("run", "decision", "retired") else "right"
+        )
+    for is_retired, (_, row) in zip(retired, cycles.iterrows(), strict=True):
+        table.add_row(
+            *(cell(row[column]) for column, _ in columns), style="dim" if is_retired else None
+        )
     return table
 
 

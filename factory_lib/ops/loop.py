@@ -101,7 +101,7 @@ def loop(args: argparse.Namespace) -> int:
     """Run up to N chained cycles; stop early on budget or on `patience` cycles of no gain."""
     import torch  # noqa: F401  before Runner: Metaflow's vendored typing_extensions (#2462)
 
-    from factory_lib.runs.client import latest_cycle
+    from factory_lib.runs.client import Chain, chain_from
     from factory_lib.runs.env import ensure_metaflow_user
 
     ensure_metaflow_user()  # before Metaflow reads its configuration
@@ -119,9 +119,13 @@ def loop(args: argparse.Namespace) -> int:
     print(f"factory loop: {objective.name} ({path}), up to {args.cycles} cycles", flush=True)
     for i in range(1, args.cycles + 1):
         fresh = args.fresh and i == 1
-        state = None if fresh else latest_cycle(FLOW_NAME, objective.name)
-        if state is not None and state.cycle >= budget.max_cycles:
-            print(f"stop: budget spent ({state.cycle} of budget.max_cycles={budget.max_cycles})")
+        chain = Chain(None, None) if fresh else chain_from(FLOW_NAME, objective.name)
+        state = chain.previous
+        if chain.cycles_counted >= budget.max_cycles:  # as the start step counts: no retired
+            print(
+                f"stop: budget spent ({chain.cycles_counted} of budget.max_cycles="
+                f"{budget.max_cycles})"
+            )
             return 0
         params: dict[str, Any] = {"trials": args.trials, "epochs": args.epochs}
         if fresh:
