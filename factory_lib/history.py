@@ -36,6 +36,15 @@ class CycleState:
     decision: PromotionDecision | None = None
     objective: Objective | None = None  # the effective objective of this cycle
     created_at: str = ""
+    # Cycle numbers of the search retired before this cycle: not counted against max_cycles.
+    retired_cycles: tuple[int, ...] = ()
+    # What changed in the search space since the cycle this one continued (cycle.plan).
+    space_changes: tuple[str, ...] = ()
+
+    @property
+    def cycles_counted(self) -> int:
+        """The cycles of the search up to this one that count against `budget.max_cycles`."""
+        return self.cycle - len(self.retired_cycles)
 
     @property
     def champion(self) -> Champion | None:
@@ -78,6 +87,9 @@ def state_of(data: Any, run_pathspec: str, created_at: str = "") -> CycleState:
         decision=data.decision,
         objective=data.plan.objective,
         created_at=created_at,
+        # plans of cycles run before retiring and search-space notices existed lack these
+        retired_cycles=tuple(getattr(data.plan, "retired_cycles", ())),
+        space_changes=tuple(getattr(data.plan, "space_changes", ())),
     )
 
 

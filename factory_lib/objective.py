@@ -526,6 +526,46 @@ class Objective(_Strict):
         return self.model_copy(update={"budget": budget})
 
 
+def search_space_changes(before: Objective, after: Objective) -> tuple[str, ...]:
+    """What changed in the search (`search_space` and `fixed`) from `before` to `after`, one
+    line per parameter added, removed or changed, e.g. "changed search_space.lr from float
+    0.001..0.1 log to float 0.0001..0.1 log"; empty when nothing did."""
+    changes: list[str] = []
+    for section, old, new in (
+        (
+            "search_space",
+            {k: _describe_param(p) for k, p in before.search_space.items()},
+            {k: _describe_param(p) for k, p in after.search_space.items()},
+        ),
+        (
+            "fixed",
+            {k: repr(v) for k, v in before.fixed.items()},
+            {k: repr(v) for k, v in after.fixed.items()},
+        ),
+    ):
+        changes += [f"added {section}.{k} ({new[k]})" for k in new if k not in old]
+        changes += [f"removed {section}.{k} (was {old[k]})" for k in old if k not in new]
+        changes += [
+            f"changed {section}.{k} from {old[k]} to {new[k]}"
+            for k in new
+            if k in old and old[k] != new[k]
+        ]
+    return tuple(changes)
+
+
+def _describe_param(p: FloatParam | IntParam | CategoricalParam) -> str:
+    """A parameter's range in one short phrase: "int 4..32 log step 2", "categorical (a, b)"."""
+    if isinstance(p, CategoricalParam):
+        text = f"categorical ({', '.join(repr(c) for c in p.choices)})"
+    else:
+        text = f"{p.type} {p.low:g}..{p.high:g}" + (" log" if p.log else "")
+        if isinstance(p, IntParam) and p.step != 1:
+            text += f" step {p.step}"
+    if p.when:
+        text += " when " + ", ".join(f"{k}={v!r}" for k, v in p.when.items())
+    return text
+
+
 def _task_metrics(task: str) -> tuple[str, ...]:
     return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
 

@@ -15,7 +15,7 @@ from typing import Any
 from factory_lib.data.describe import describe_data
 from factory_lib.data.splits import DataSummary, Preprocessing
 from factory_lib.history import CycleState
-from factory_lib.objective import Objective
+from factory_lib.objective import Objective, search_space_changes
 from factory_lib.propose.llm.report import KEY_VARIABLE
 from factory_lib.records import Proposal, TrialRecord, TrialResult
 from factory_lib.registry.gate import Champion
@@ -44,6 +44,11 @@ class CyclePlan:
     # also one that --from-run skipped, so that no trial id or seed is used twice.
     first_number: int = 0
     newest_cycle: str | None = None  # the newest successful cycle when planned (pathspec)
+    # Cycle numbers of this search's retired cycles (`factory retire`), which its budget does
+    # not count: the cycle number goes on after them, the count of cycles spent does not.
+    retired_cycles: tuple[int, ...] = ()
+    # What changed in search_space and fixed since `previous` ran (objective.search_space_changes)
+    space_changes: tuple[str, ...] = ()
     lease: Lease | None = None  # held from start to end: one cycle at a time per search
     # The kernel's OOM kill count where the cycle started: a task that died is named out of
     # memory when it rose (runs.env.oom_note).
@@ -98,18 +103,30 @@ def plan_cycle(
     )
     previous = chain.previous
     cycle = chain.last_cycle + 1 if previous else 1
-    if cycle > objective.budget.max_cycles:
+    if chain.cycles_counted >= objective.budget.max_cycles:
+        n_retired = len(chain.retired_cycles)
+        retired = f" (not counting {n_retired} retired)" if n_retired else ""
         raise BudgetSpent(
-            f"objective {objective.name!r} has run {cycle - 1} cycles of its budget.max_cycles="
-            f"{objective.budget.max_cycles}: raise the budget or start with --fresh"
+            f"objective {objective.name!r} has run {chain.cycles_counted} cycles{retired} of its "
+            f"budget.max_cycles={objective.budget.max_cycles}: raise the budget or start with "
+            "--fresh"
         )
     data, preprocessing = describe_data(objective)
     notices = list(chain.notices)
-    if previous and from_run:
+    if previous and (from_run or chain.retired_cycles != previous.retired_cycles):
+        how = f"--from-run {from_run}: continuing" if from_run else "continuing"
         notices.append(
-            f"--from-run {from_run}: continuing from {previous.run_pathspec} (cycle "
-            f"{previous.cycle}); this is cycle {cycle}, trial numbers from {chain.last_number + 1}"
+            f"{how} from {previous.run_pathspec} (cycle {previous.cycle}); this is cycle "
+            f"{cycle}, trial numbers from {chain.last_number + 1}"
         )
+    changes: tuple[str, ...] = ()
+    if previous and previous.objective:
+        changes = search_space_changes(previous.objective, objective)
+        if changes:
+            notices.append(
+                f"search space changed since {previous.run_pathspec} (cycle {previous.cycle}): "
+                + "; ".join(changes)
+            )
     if objective.proposers.llm is not None and not os.environ.get(KEY_VARIABLE):
         notices.append(
             f"LLM proposer off: {KEY_VARIABLE} is not set, so this cycle runs on Optuna alone "
@@ -136,6 +153,8 @@ def plan_cycle(
         warm_start=warm,
         first_number=chain.last_number + 1 if previous else 0,
         newest_cycle=chain.newest,
+        retired_cycles=chain.retired_cycles,
+        space_changes=changes,
     )
 
 

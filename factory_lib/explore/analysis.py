@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
@@ -25,7 +25,7 @@ from factory_lib.objective import METRIC_DIRECTIONS, Objective
 from factory_lib.records import TrialRecord
 from factory_lib.registry.gate import Champion, PromotionDecision
 from factory_lib.reward import pareto_indices
-from factory_lib.runs.client import FLOW_NAME, cycle_runs, read_cycle
+from factory_lib.runs.client import FLOW_NAME, Retirement, cycle_runs, read_cycle, retirement_of
 
 if TYPE_CHECKING:
     import optuna
@@ -47,6 +47,9 @@ class CycleView:
     stale_cycles: int
     run_pathspec: str | None = None
     created_at: str | None = None
+    retired: Retirement | None = None  # `factory retire`: the search passes over this cycle
+    retired_cycles: tuple[int, ...] = ()  # the search's retired cycles before this one
+    space_changes: tuple[str, ...] = ()  # search_space and fixed since the cycle it continued
 
     @property
     def run_id(self) -> str | None:
@@ -64,7 +67,13 @@ class CycleView:
             self.champion,
             self.stale_cycles,
             self.run_pathspec,
+            self.retired.describe() if self.retired else None,
         )
+
+    @property
+    def cycles_counted(self) -> int:
+        """The cycles of the search up to this one that count against `budget.max_cycles`."""
+        return self.cycle - len(self.retired_cycles)
 
     @classmethod
     def of(cls, state: CycleState) -> CycleView:
@@ -80,6 +89,8 @@ class CycleView:
             stale_cycles=state.stale_cycles,
             run_pathspec=state.run_pathspec,
             created_at=state.created_at or None,
+            retired_cycles=state.retired_cycles,
+            space_changes=state.space_changes,
         )
 
 
@@ -125,24 +136,29 @@ class BudgetStatus:
 def load_cycles(
     objective_name: str, flow_name: str = FLOW_NAME, all_searches: bool = False
 ) -> list[CycleView]:
-    """The successful cycles of an objective, oldest first.
+    """The successful cycles of an objective, oldest first, retired ones (`retired` set)
+    included.
 
-    By default only the latest search (from its newest cycle 1 on): `--fresh` starts a new
-    search under the same tag, and its cycle numbers start again at 1.
+    By default only the latest search (from its newest cycle 1 that is not retired on):
+    `--fresh` starts a new search under the same tag, and its cycle numbers start again at 1.
     """
     views: list[CycleView] = []
     for run in cycle_runs(flow_name, objective_name):  # newest first
-        views.append(CycleView.of(read_cycle(run)))
-        if views[-1].cycle == 1 and not all_searches:
+        views.append(replace(CycleView.of(read_cycle(run)), retired=retirement_of(run)))
+        if views[-1].cycle == 1 and views[-1].retired is None and not all_searches:
             break
     return views[::-1]
 
 
 def latest(cycles: Sequence[CycleView]) -> CycleView:
-    """The newest cycle; a clear error when the objective has none yet."""
-    if not cycles:
-        raise LookupError("no successful cycle yet: run `python flows/cycle.py run` first")
-    return cycles[-1]
+    """The newest cycle that is not retired (the one the search goes on from); a clear error
+    when the objective has none yet."""
+    live = [view for view in cycles if view.retired is None]
+    if not live:
+        raise LookupError(
+            "no successful cycle yet (that is not retired): run `python flows/cycle.py run` first"
+        )
+    return live[-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +442,7 @@ CYCLE_COLUMNS = [
     "champion_test_mean",
     "champion_seeds",
     "train_seconds",
+    "retired",
 ]
 
 
@@ -437,8 +454,8 @@ def cycle_summaries(cycles: Sequence[CycleView]) -> list[CycleSummary]:
 def cycle_table(cycles: Sequence[CycleView]) -> pd.DataFrame:
     """One row per cycle, from `cycle_summaries`: trials in each status, the cycle's best and
     the best so far (validation reward), the promotion decision, the champion after it with
-    its held-out metric (its own run, and the mean over the seeds it was measured on) and the
-    training seconds spent."""
+    its held-out metric (its own run, and the mean over the seeds it was measured on), the
+    training seconds spent and, for a retired cycle, who retired it and why."""
     rows = []
     for s in cycle_summaries(cycles):
         champ = s.champion
@@ -456,6 +473,7 @@ def cycle_table(cycles: Sequence[CycleView]) -> pd.DataFrame:
                 "champion_test_mean": champ.test_mean if champ else math.nan,
                 "champion_seeds": champ.seeds if champ else 0,
                 "train_seconds": s.train_seconds,
+                "retired": s.retired,
             }
         )
     return pd.DataFrame(rows, columns=CYCLE_COLUMNS)
@@ -481,11 +499,12 @@ LINEAGE_COLUMNS = [
 
 def champion_lineage(cycles: Sequence[CycleView]) -> pd.DataFrame:
     """Every promotion of the search, oldest first: which trial, from which proposer and why,
-    its held-out metric, the champion it replaced (`parent`) and by how much."""
+    its held-out metric, the champion it replaced (`parent`) and by how much; retired cycles'
+    promotions do not count."""
     rows = []
     for view in cycles:
         champ = view.champion
-        if view.decision.status != "promoted" or champ is None:
+        if view.decision.status != "promoted" or champ is None or view.retired is not None:
             continue
         rows.append(
             {
@@ -505,10 +524,11 @@ def champion_lineage(cycles: Sequence[CycleView]) -> pd.DataFrame:
 
 
 def budget_status(view: CycleView) -> BudgetStatus:
-    """The objective's budget against what the search has spent up to this cycle."""
+    """The objective's budget against what the search has spent up to this cycle (retired
+    cycles not counted)."""
     budget = view.objective.budget
     return BudgetStatus(
-        cycles_used=view.cycle,
+        cycles_used=view.cycles_counted,
         max_cycles=budget.max_cycles,
         trials_this_cycle=len(view.records),
         trials_per_cycle=budget.trials_per_cycle,

@@ -33,6 +33,7 @@ def cycle_card(view: CycleView) -> list[Any]:
     """The card's components, top to bottom."""
     return [
         *_header(view),
+        *_space_changes(view),
         *_decision(view),
         *_budget(view),
         *_leaderboard(view),
@@ -52,6 +53,19 @@ def _header(view: CycleView) -> list[Any]:
             f"{s.trials} trials this cycle ({s.counts.text()}), "
             f"{s.trials_so_far} {LABELS['trials_so_far']}{where}\n\n"
             f"`{text(s.line())}`"
+        )
+    ]
+
+
+def _space_changes(view: CycleView) -> list[Any]:
+    if not view.space_changes:
+        return []
+    lines = [f"- {text(change)}" for change in view.space_changes]
+    return [
+        Markdown(
+            "## Search space changed\n\n"
+            "since the cycle this one continues from; earlier trials were drawn from the old "
+            "space:\n\n" + "\n".join(lines)
         )
     ]
 

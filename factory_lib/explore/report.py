@@ -17,7 +17,8 @@ HEADER_CHARS = 10  # status headers wrap at this width, so a table of cycles fit
 
 def status_table(objective_name: str, summaries: Sequence[CycleSummary]) -> Table:
     """The cycles of a search (`analysis.cycle_summaries`), one row each, in the words and
-    numbers of every other screen (`explore.summary.LABELS`)."""
+    numbers of every other screen (`explore.summary.LABELS`); a retired cycle's row is dimmed
+    and says who retired it and why."""
     metric = next((s.champion.metric for s in reversed(summaries) if s.champion), "metric")
     headers = [
         "cycle",
@@ -33,9 +34,13 @@ def status_table(objective_name: str, summaries: Sequence[CycleSummary]) -> Tabl
         "seeds",
         LABELS["train_seconds"],
     ]
-    table = Table(title=f"{objective_name}: {len(summaries)} cycles")
+    retired = sum(1 for s in summaries if s.retired)
+    if retired:
+        headers.append("retired")
+    title = f"{objective_name}: {len(summaries)} cycles"
+    table = Table(title=title + (f" ({retired} retired)" if retired else ""))
     for header in headers:
-        left = header in ("run", LABELS["decision"], LABELS["champion"])
+        left = header in ("run", LABELS["decision"], LABELS["champion"], "retired")
         # narrow headers, and folded rather than cut cells: a run id or a decision stays whole
         table.add_column(
             textwrap.fill(header, HEADER_CHARS),
@@ -57,6 +62,8 @@ def status_table(objective_name: str, summaries: Sequence[CycleSummary]) -> Tabl
             number(champ.test_mean if champ else None),
             str(champ.seeds) if champ else "-",
             f"{s.train_seconds:.1f}",
+            *((s.retired or "",) if retired else ()),
+            style="dim" if s.retired else None,
         )
     return table
 

@@ -117,6 +117,7 @@ class CycleSummary(_Frozen):
     champion: ChampionSummary | None
     stale_cycles: int
     train_seconds: float
+    retired: str | None = None  # when, by whom and why, for a cycle the search passes over
 
     def labelled(self, field: str) -> str:
         """One number with its label, e.g. `best val reward so far 0.9667`."""
@@ -146,6 +147,7 @@ def summarize(
     champion: Champion | None,
     stale_cycles: int,
     run_pathspec: str | None = None,
+    retired: str | None = None,
 ) -> CycleSummary:
     """The summary of a finished cycle: its own `records`, the `history` they end, the gate's
     `decision` and the `champion` after it."""
@@ -165,6 +167,7 @@ def summarize(
         train_seconds=sum(
             r.result.evaluation.train_seconds for r in records if r.result.evaluation
         ),
+        retired=retired,
     )
 
 

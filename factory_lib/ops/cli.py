@@ -10,6 +10,8 @@ factory profile --stack dark-factory --image IMAGE   # Metaflow profile `aws` fr
 factory doctor --profile aws                         # is the AWS side there and usable?
 factory unlock digits                            # remove the lease a dead cycle left behind
 factory check objectives/*.yaml                  # refused mistakes, data, models, rough cost
+factory retire 1733000000000002 --objective digits --reason "typo in the search space"
+factory unretire 1733000000000002 --objective digits   # while no cycle has run since
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from factory_lib.ops.loop import FLOW_FILE, loop
 from factory_lib.ops.profile import ProfileError
 from factory_lib.runs.client import FLOW_NAME, DamagedRunError
 from factory_lib.runs.lease import DatastoreError
+from factory_lib.runs.retire import RetireError
 
 
 def status(args: argparse.Namespace) -> int:
@@ -230,6 +233,27 @@ def check_command(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def retire_command(args: argparse.Namespace) -> int:
+    """Tag a cycle retired (or no longer), so that the search passes over it (or not)."""
+    from factory_lib.runs.env import ensure_metaflow_user
+
+    ensure_metaflow_user()  # before Metaflow reads its configuration
+    from factory_lib.runs.client import cycle_runs
+    from factory_lib.runs.retire import retire_cycle, unretire_cycle
+
+    if args.command == "unretire":
+        done = unretire_cycle(FLOW_NAME, args.objective, args.run)
+        print(f"{done.run} is no longer retired (it was {done.describe()})")
+        return 0
+    actor = os.environ.get("METAFLOW_USER") or os.environ.get("USER") or "unknown"
+    done = retire_cycle(FLOW_NAME, args.objective, args.run, args.reason, actor)
+    live = cycle_runs(FLOW_NAME, args.objective, retired=False)
+    way_on = f"continues from {live[0].pathspec}" if live else "starts a new search"
+    print(f"{done.run} {done.describe()}")
+    print(f"the next cycle of {args.objective!r} {way_on}; `factory unretire` undoes this")
+    return 0
+
+
 def _objective_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default="digits", help="objective name (digits)")
 
@@ -310,6 +334,15 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check objectives as a run would; data, models, cost")
     c.add_argument("objectives", nargs="+", help="objective files or names under objectives/")
     c.set_defaults(func=check_command)
+    p = sub.add_parser("retire", help="mark a cycle retired: the search passes over it")
+    p.add_argument("run", help="run id of the cycle (CycleFlow/<id> also)")
+    _objective_option(p)
+    p.add_argument("--reason", required=True, help="why, shown wherever the cycle is listed")
+    p.set_defaults(func=retire_command)
+    p = sub.add_parser("unretire", help="undo `factory retire` while no cycle has run since")
+    p.add_argument("run", help="run id of the retired cycle")
+    _objective_option(p)
+    p.set_defaults(func=retire_command)
 
     u = sub.add_parser("unlock", help="remove the lease of an objective a dead cycle left")
     u.add_argument("objective", help="objective name")
@@ -330,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LookupError as exc:
         print(f"factory: {exc.args[0]}", file=sys.stderr)
         return 1
-    except (DamagedRunError, DatastoreError) as exc:
+    except (DamagedRunError, DatastoreError, RetireError) as exc:
         print(f"factory: {exc}", file=sys.stderr)
         return 1
     return result

@@ -114,7 +114,7 @@ def loop(args: argparse.Namespace) -> int:
     with `loop_cycle`, `loop_cycles` and `seconds`); everything else goes to stderr."""
     import torch  # noqa: F401  before Runner: Metaflow's vendored typing_extensions (#2462)
 
-    from factory_lib.runs.client import latest_cycle
+    from factory_lib.runs.client import Chain, chain_from
     from factory_lib.runs.env import ensure_metaflow_user
 
     ensure_metaflow_user()  # before Metaflow reads its configuration
@@ -135,10 +135,12 @@ def loop(args: argparse.Namespace) -> int:
     )
     for i in range(1, args.cycles + 1):
         fresh = args.fresh and i == 1
-        state = None if fresh else latest_cycle(FLOW_NAME, objective.name)
-        if state is not None and state.cycle >= budget.max_cycles:
+        chain = Chain(None, None) if fresh else chain_from(FLOW_NAME, objective.name)
+        state = chain.previous
+        if chain.cycles_counted >= budget.max_cycles:  # as the start step counts: no retired
             print(
-                f"stop: budget spent ({state.cycle} of budget.max_cycles={budget.max_cycles})",
+                f"stop: budget spent ({chain.cycles_counted} of budget.max_cycles="
+                f"{budget.max_cycles})",
                 file=out,
             )
             return 0

@@ -17,6 +17,8 @@ from factory_lib.registry import ChampionBundle, apply_events, events_from_tags
 
 FLOW_NAME = "CycleFlow"
 OBJECTIVE_TAG = "objective:{}"
+# A retired cycle's run tag: "retired:<UTC stamp>:<who>:<why>" (runs.retire writes it).
+RETIRED_TAG = "retired"
 # What a signal that ended a task usually means.
 SIGNAL_NOTES = {
     9: " (SIGKILL: killed from outside, or by the kernel's out-of-memory killer)",
@@ -27,6 +29,31 @@ SIGNAL_NOTES = {
 
 def objective_tag(name: str) -> str:
     return OBJECTIVE_TAG.format(name)
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """A person's mark on a cycle the search skips (`factory retire`): the chain, the budget,
+    patience, the champion and the reports pass over it; its records stay, and so do its trial
+    and cycle numbers."""
+
+    run: str  # pathspec
+    at: str  # UTC, e.g. 20261126T051900Z
+    actor: str
+    reason: str
+    tag: str  # the run tag itself, for `factory unretire`
+
+    def describe(self) -> str:
+        return f"retired {self.at} by {self.actor}: {self.reason}"
+
+
+def retirement_of(run: Any) -> Retirement | None:
+    """The retirement a run's tags record (a metaflow.Run), or None."""
+    for tag in sorted(run.user_tags):
+        parts = tag.split(":", 3)
+        if len(parts) == 4 and parts[0] == RETIRED_TAG:
+            return Retirement(run.pathspec, parts[1], parts[2], parts[3], tag)
+    return None
 
 
 @contextmanager
@@ -68,13 +95,20 @@ END_ARTIFACTS = frozenset(
 class Chain:
     """What a new cycle continues: the previous cycle's state (people's decisions applied), the
     newest successful cycle of the objective (when looked), and the highest cycle and trial
-    numbers the search has used, damaged runs included, so that none is used twice."""
+    numbers the search has used, damaged and retired runs included, so that none is used twice;
+    the numbers of the search's retired cycles, which its budget does not count."""
 
     previous: CycleState | None
     newest: str | None
     last_cycle: int = 0
     last_number: int = -1
     notices: tuple[str, ...] = ()
+    retired_cycles: tuple[int, ...] = ()
+
+    @property
+    def cycles_counted(self) -> int:
+        """The cycles of the search so far that count against `budget.max_cycles`."""
+        return self.last_cycle - len(self.retired_cycles) if self.previous else 0
 
 
 class _CheckedData:
@@ -115,10 +149,15 @@ def search_runs(flow_name: str, objective_name: str) -> list[Any]:
     return sorted(runs, key=lambda r: r.created_at, reverse=True)
 
 
-def cycle_runs(flow_name: str, objective_name: str) -> list[Any]:
-    """The successful cycles of an objective, newest first (metaflow.Run objects)."""
+def cycle_runs(flow_name: str, objective_name: str, retired: bool = True) -> list[Any]:
+    """The successful cycles of an objective, newest first (metaflow.Run objects); without
+    `retired`, those that are not retired."""
     with all_namespaces():
-        return [r for r in search_runs(flow_name, objective_name) if r.successful]
+        return [
+            r
+            for r in search_runs(flow_name, objective_name)
+            if r.successful and (retired or retirement_of(r) is None)
+        ]
 
 
 def newest_cycle(flow_name: str, objective_name: str, exclude_run: str | None = None) -> str | None:
@@ -160,20 +199,30 @@ def chain_from(
 ) -> Chain:
     """What the next cycle of an objective continues, checked.
 
-    By default the newest successful cycle; a tagged run newer than it that did not succeed (its
-    end step missing or failed), or a newest cycle whose artifacts cannot be read, is a
-    DamagedRunError that says how to continue from the last good cycle: `from_run`, a run id,
-    chains from that run explicitly.
+    By default the newest successful cycle that is not retired; a tagged run newer than it that
+    did not succeed (its end step missing or failed) and is not retired, or a newest cycle whose
+    artifacts cannot be read, is a DamagedRunError that says how to continue from the last good
+    cycle: `from_run`, a run id, chains from that run explicitly. The runs the chain skips
+    (retired, or newer than `from_run`) keep their cycle and trial numbers.
     """
     with all_namespaces():
         runs = [r for r in search_runs(flow_name, objective_name) if r.id != exclude_run]
-        ok = [r for r in runs if r.successful]
-        newest = ok[0].pathspec if ok else None
+        retired = {r.id: retirement_of(r) for r in runs}
+        live = [r for r in runs if retired[r.id] is None]
+        newest = next((r.pathspec for r in runs if r.successful), None)
+        ok = [r for r in live if r.successful]
         if from_run:
             base = _tagged_run(runs, flow_name, objective_name, from_run)
+            gone = retired[base.id]
+            if gone is not None:
+                raise LookupError(
+                    f"--from-run {from_run}: {base.pathspec} is {gone.describe()}; "
+                    f"undo that with `factory unretire {base.id} --objective {objective_name}`, "
+                    "or continue from another cycle"
+                )
         else:
             base = ok[0] if ok else None
-            newer = _newer_than(runs, base)
+            newer = _newer_than(live, base)
             if newer:
                 raise DamagedRunError(
                     newer[0].pathspec, _unfinished(newer[0], objective_name)
@@ -199,11 +248,22 @@ def chain_from(
             max((r.proposal.number for r in state.history), default=-1),
         )
         notices: list[str] = []
-        for run in _newer_than(runs, base):  # skipped by --from-run: their numbers stay used
+        retired_cycles = set(state.retired_cycles)
+        for run in _newer_than(runs, base):  # skipped: their numbers stay used
             cycle, number, notice = _numbers_used(run)
             last_cycle, last_number = max(last_cycle, cycle), max(last_number, number)
             notices.extend(notice)
-    return Chain(state, newest, last_cycle, last_number, tuple(notices))
+            retirement = retired[run.id]
+            if retirement is not None:
+                notices.append(
+                    f"skipping {run.pathspec} (cycle {cycle}), {retirement.describe()}; "
+                    f"continuing from {base.pathspec} (cycle {state.cycle})"
+                )
+                if cycle > state.cycle:  # a cycle number of this search, not counted
+                    retired_cycles.add(cycle)
+    return Chain(
+        state, newest, last_cycle, last_number, tuple(notices), tuple(sorted(retired_cycles))
+    )
 
 
 def latest_cycle(
@@ -293,8 +353,9 @@ def _numbers_used(run: Any) -> tuple[int, int, tuple[str, ...]]:
 
 
 def find_version(flow_name: str, objective_name: str, trial_id: str) -> ChampionBundle:
-    """A trial that was ever champion or candidate of an objective, with its package."""
-    for run in cycle_runs(flow_name, objective_name):
+    """A trial that was ever champion or candidate of an objective (in a cycle that is not
+    retired), with its package."""
+    for run in cycle_runs(flow_name, objective_name, retired=False):
         with all_namespaces():  # the champion artifacts alone: not every cycle's history
             data = end_data(run)
             for bundle in (champion_of(data), getattr(data, "pending", None)):
