@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOW = str(ROOT / "flows" / "cycle.py")
 RUN_TIMEOUT_S = 900  # one attempt at a cycle, kills and all; a hang fails the chaos run
 POLL_S = 0.2
+# When a planned kill falls: a train task, seconds after the train step's first task started
+# (a smoke trial trains for seconds); a run, seconds after it started (start to end).
+TASK_KILL_S = (0.2, 6.0)
+RUN_KILL_S = (1.0, 20.0)
 
 
 @dataclass
@@ -77,35 +81,50 @@ def _flow(objective: Path, *command: str) -> subprocess.Popen[bytes]:
 
 
 def _attempt(proc: subprocess.Popen[bytes], rng: random.Random, faults: Faults, budget: int) -> str:
-    """Let a run go on, killing one of its train tasks or the whole run at a random moment
-    (at most `budget` faults). Returns 'done', 'failed' or 'killed'."""
+    """Let a run go on, killing one of its train tasks (a random moment after the first one
+    started) or the whole run (a random moment after its start), at most `budget` faults.
+    Returns 'done', 'failed' or 'killed'."""
     plan = rng.choice(["task", "task", "run", "none"]) if budget > 0 else "none"
-    kill_after = rng.uniform(2.0, 25.0)
+    kill_after = rng.uniform(*(TASK_KILL_S if plan == "task" else RUN_KILL_S))
     started = time.monotonic()
+    tasks_since: float | None = None
     while proc.poll() is None:
-        if time.monotonic() - started > RUN_TIMEOUT_S:
+        now = time.monotonic()
+        if now - started > RUN_TIMEOUT_S:
             os.killpg(proc.pid, signal.SIGKILL)
             raise TimeoutError(f"a cycle ran past {RUN_TIMEOUT_S} s")
-        if plan != "none" and time.monotonic() - started > kill_after:
-            if plan == "run":
-                os.killpg(proc.pid, signal.SIGKILL)
-                faults.run_kills += 1
-                faults.log.append(f"killed run (pid {proc.pid}) at {kill_after:.1f} s")
-                proc.wait(timeout=60)
-                return "killed"
+        if plan == "run" and now - started > kill_after:
+            os.killpg(proc.pid, signal.SIGKILL)
+            faults.run_kills += 1
+            faults.log.append(f"killed run (pid {proc.pid}) at {now - started:.1f} s")
+            proc.wait(timeout=60)
+            return "killed"
+        if plan == "task":
             tasks = [p for p, cmd in _children(proc.pid) if " step train " in cmd]
-            if tasks:
+            tasks_since = tasks_since or (now if tasks else None)
+            if tasks and tasks_since is not None and now - tasks_since > kill_after:
                 victim = rng.choice(tasks)
                 os.kill(victim, signal.SIGKILL)
                 faults.task_kills += 1
-                faults.log.append(f"killed train task (pid {victim}) at {kill_after:.1f} s")
+                faults.log.append(
+                    f"killed train task (pid {victim}) {now - tasks_since:.1f} s into the "
+                    f"train step, {now - started:.1f} s into the run"
+                )
                 plan = "none"
         time.sleep(POLL_S)
     return "done" if proc.returncode == 0 else "failed"
 
 
-def run_chaos(objective: Path, faults_wanted: int, seed: int, max_cycles: int = 40) -> Faults:
-    """Run cycles of `objective` until `faults_wanted` faults were injected (and survived)."""
+def cycles_for(faults_wanted: int) -> int:
+    """At most this many cycles to inject `faults_wanted` faults (three quarters of the cycles
+    plan one; a task kill planned for a task that already ended misses)."""
+    return 3 * faults_wanted + 10
+
+
+def run_chaos(objective: Path, faults_wanted: int, seed: int, max_cycles: int = 0) -> Faults:
+    """Run cycles of `objective` until `faults_wanted` faults were injected (and survived);
+    the objective's `budget.max_cycles` must allow `cycles_for(faults_wanted)`."""
+    max_cycles = max_cycles or cycles_for(faults_wanted)
     rng = random.Random(seed)
     faults = Faults()
     fresh = True
@@ -170,6 +189,7 @@ def main() -> None:
 
     spec = yaml.safe_load((ROOT / "objectives" / "smoke.yaml").read_text())
     spec["name"] = "chaos"
+    spec["budget"]["max_cycles"] = max(spec["budget"]["max_cycles"], cycles_for(args.faults))
     objective = Path(tempfile.mkdtemp(prefix="chaos-objective-")) / "chaos.yaml"
     objective.write_text(yaml.safe_dump(spec, sort_keys=False))
     started = time.monotonic()
