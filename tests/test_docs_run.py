@@ -113,6 +113,7 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
 # A doc's example value → the value from the cycles run here that replaces it (Values).
 PLACEHOLDERS = {
     "<run-id>": "run",  # the latest cycle of digits run by `python flows/cycle.py ...`
+    "<newest-run-id>": "newest",  # the newest cycle of digits, as `factory status` lists it
     "c002-t05": "champion",  # a trial of that search: its champion
     "1733000000000001": "first_run",  # the first cycle of that search
     "c001-t01": "first_champion",  # an earlier champion: that first cycle's
@@ -237,7 +238,15 @@ class Values(dict[str, str]):
             if done[2] == "1":
                 self.update(first_run=run[1], first_champion=champion[1])
 
+    # Asked when the command runs, as a person would read it off `factory status`: `factory
+    # loop` cycles make newer runs than the last `python flows/cycle.py` one.
+    NEWEST = (
+        "$(factory status --objective digits --json | python -c "
+        '\'import json, sys; print(json.load(sys.stdin)["cycles"][-1]["run_id"])\')'
+    )
+
     def fill(self, command: str) -> str:
+        self.setdefault("newest", self.NEWEST)
         for placeholder, name in PLACEHOLDERS.items():
             if placeholder in command:
                 assert name in self, f"no {name} yet for {placeholder} in `{command}`"

@@ -158,7 +158,7 @@ def test_status_shows_the_retired_cycle_and_its_reason(
     assert analysis.latest(cycles).run_id == search.runs[2].id
     # `show` reads the search the next cycle continues: a retired cycle's trial is not in it
     code, _, err = _factory("show", "c002-t00", "--objective", NAME)
-    assert code == 1 and "no trial 'c002-t00' in this search" in err
+    assert code == 1 and f"no trial 'c002-t00' in objective '{NAME}'" in err
     assert _factory("show", "c003-t00", "--objective", NAME)[0] == 0
 
 
