@@ -21,10 +21,10 @@ from factory_lib.models.params import declared_params, param_problems, size_prob
 from factory_lib.objective import (
     BUNDLED_SHAPES,
     Objective,
-    ObjectiveError,
     Problem,
     field_lines,
     parse_objective,
+    read_objective,
     refuse,
 )
 
@@ -67,12 +67,7 @@ def check_objective(text: str, source: str) -> Checked:
 
 def check_file(path: str | Path) -> Checked:
     """`check_objective` of a file; a missing file raises ObjectiveError too."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ObjectiveError(f"cannot read objective {p}: {exc.strerror}") from exc
-    return check_objective(text, str(p))
+    return check_objective(read_objective(path), str(path))
 
 
 def local_gpus() -> int:

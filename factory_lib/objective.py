@@ -678,14 +678,17 @@ def parse_objective(text: str, source: str = "<objective>") -> Objective:
         raise refuse(source, _problems(exc), text) from exc
 
 
+def read_objective(path: str | Path) -> str:
+    """An objective file's text; a missing or unreadable file raises ObjectiveError."""
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ObjectiveError(f"cannot read objective {path}: {exc.strerror}") from exc
+
+
 def load_objective(path: str | Path) -> Objective:
     """Read an objective file; a missing file or a bad field raises ObjectiveError."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ObjectiveError(f"cannot read objective {p}: {exc.strerror}") from exc
-    return parse_objective(text, str(p))
+    return parse_objective(read_objective(path), str(path))
 
 
 def objective_path(name_or_path: str, root: Path | None = None) -> Path:
