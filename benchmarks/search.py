@@ -8,7 +8,7 @@ and on real trials on the bundled data sets.
 Methods, all minimising the same loss from the same initial design (8 random points per seed,
 shared by every method: paired):
 - factory: the real `OptunaProposer` (TPE), rebuilt from the history every cycle and asked for
-  a batch of 4, exactly as the propose step does;
+  a batch of 4, exactly as the start step does;
 - tpe: plain sequential Optuna TPE (ask/tell one at a time);
 - random: Optuna's RandomSampler;
 - cmaes: Optuna's CmaEsSampler (every search space here is numeric, so it applies throughout).

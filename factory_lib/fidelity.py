@@ -7,7 +7,7 @@ ASHA. Promotion happens in two places:
 
 - in the train task, right after its group: the task ranks its own trials together with
   history and continues the promoted ones at once, from the checkpoint in memory;
-- in the next cycle's propose step, for promotions that only became due once the join saw
+- in the next cycle's start step, for promotions that only became due once the join saw
   every group: they come first among the cycle's trials, and the train task loads the
   checkpoint from the task that stored it.
 

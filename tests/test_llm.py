@@ -134,7 +134,7 @@ def deep_answer(depth: int) -> bytes:
 
 @pytest.mark.parametrize("depth", [50, 100_000])
 def test_deeply_nested_answers_are_rejected_with_a_reason(depth: int) -> None:
-    """100k levels raised RecursionError out of the propose step; 50 are still refused."""
+    """100k levels raised RecursionError out of the start step; 50 are still refused."""
     proposals, report = _propose(Script(deep_answer(depth), deep_answer(depth)), n=1)
     assert proposals == []
     reasons = [*(r.reason for r in report.rejected), *(c.error or "" for c in report.calls)]
