@@ -1,7 +1,7 @@
 """An objective checked against what trains, before any step runs.
 
 `check_objective` is what the flow's Config parser, `factory loop` and `factory check` call:
-the schema (`objective.parse_objective`: fields, types, sane budgets, duplicate keys), the
+the schema (`objective.parse_objective_lines`: fields, types, sane budgets, duplicate keys), the
 user code it names (a LightningDataModule class for `data.module`, a callable for
 `model.builder`, each imported), the parameters that the model families, the trainer or a
 builder read, with their choices and bounds (`models.params`), and the widths a `params <=`
@@ -22,8 +22,7 @@ from factory_lib.objective import (
     BUNDLED_SHAPES,
     Objective,
     Problem,
-    field_lines,
-    parse_objective,
+    parse_objective_lines,
     read_objective,
     refuse,
 )
@@ -42,13 +41,13 @@ class Checked:
 
 def check_objective(text: str, source: str) -> Checked:
     """Parse and check objective YAML; raise ObjectiveError listing every problem found."""
-    objective = parse_objective(text, source)
+    objective, lines = parse_objective_lines(text, source)
     problems, builder_params = _user_code(objective)
     problems += param_problems(objective, builder_params)
     if objective.data.dataset is not None:
         problems += size_problems(objective, *BUNDLED_SHAPES[objective.data.dataset])
     if problems:
-        raise refuse(source, problems, text)
+        raise refuse(source, problems, lines)
     warnings = []
     if objective.model.builder is not None and builder_params is None:
         warnings.append(
@@ -56,7 +55,7 @@ def check_objective(text: str, source: str) -> Checked:
             "names of the parameters it reads are not checked (set `builder.params = (...)`)"
         )
     gpus = local_gpus()
-    if ("resources", "gpu") in field_lines(text) and objective.resources.gpu > gpus:
+    if ("resources", "gpu") in lines and objective.resources.gpu > gpus:
         warnings.append(
             f"{source}: resources.gpu asks for {objective.resources.gpu} GPU(s) and this machine "
             f"has {gpus}: trials run here train on "

@@ -8,7 +8,7 @@ runs. Everything downstream (data, models, proposers, reward, promotion) reads t
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -607,16 +607,7 @@ def _walk(
             _walk(item, (*path, str(i)), lines, problems)
 
 
-def field_lines(text: str) -> dict[FieldPath, int]:
-    """The line of every field of an objective's YAML, by path (("budget", "max_epochs"))."""
-    lines: dict[FieldPath, int] = {}
-    node = yaml.compose(text, Loader=_Loader)
-    if node is not None:
-        _walk(node, (), lines, [])
-    return lines
-
-
-def line_of(lines: dict[FieldPath, int], field: str) -> int | None:
+def line_of(lines: Mapping[FieldPath, int], field: str) -> int | None:
     """The line of `field` (dotted), or of the nearest enclosing field that is in the file."""
     path = tuple(field.split(".")) if field else ()
     while path and path not in lines:
@@ -624,12 +615,14 @@ def line_of(lines: dict[FieldPath, int], field: str) -> int | None:
     return lines.get(path) if path else None
 
 
-def refuse(source: str, problems: Sequence[Problem], text: str | None = None) -> ObjectiveError:
-    """One error for all of an objective's problems, each with its line where `text` has it."""
-    lines = field_lines(text) if text is not None else {}
+def refuse(
+    source: str, problems: Sequence[Problem], lines: Mapping[FieldPath, int] | None = None
+) -> ObjectiveError:
+    """One error for all of an objective's problems, each with its line where `lines` (from
+    `parse_objective_lines`) has it."""
     out = [f"invalid objective {source}:"]
     for p in problems:
-        line = line_of(lines, p.field)
+        line = line_of(lines or {}, p.field)
         where = ", ".join(x for x in (f"line {line}" if line else "", p.field) if x)
         out.append(f"  {where}: {p.message}" if where else f"  {p.message}")
     return ObjectiveError("\n".join(out))
@@ -654,28 +647,37 @@ def _problems(err: ValidationError) -> list[Problem]:
     return problems
 
 
-def parse_objective(text: str, source: str = "<objective>") -> Objective:
-    """Parse and validate objective YAML; raise ObjectiveError naming `source`, the line and
-    the field."""
+def parse_objective_lines(text: str, source: str) -> tuple[Objective, dict[FieldPath, int]]:
+    """Parse (once) and validate objective YAML, with the line of every field by its path
+    (("budget", "max_epochs")); raise ObjectiveError naming `source`, the line and the field."""
+    loader = _Loader(text)
     try:
-        node = yaml.compose(text, Loader=_Loader)
-        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+        node = loader.get_single_node()
+        raw = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         what = getattr(exc, "problem", None) or exc
         raise ObjectiveError(f"invalid objective {source}{where}: not valid YAML: {what}") from exc
-    if not isinstance(raw, dict):
+    finally:
+        loader.dispose()
+    if node is None or not isinstance(raw, dict):
         raise ObjectiveError(f"invalid objective {source}: expected a mapping at the top level")
+    lines: dict[FieldPath, int] = {}
     duplicates: list[str] = []
-    if node is not None:
-        _walk(node, (), {}, duplicates)
+    _walk(node, (), lines, duplicates)
     if duplicates:
         raise ObjectiveError("\n".join([f"invalid objective {source}:", *duplicates]))
     try:
-        return Objective.model_validate(raw)
+        return Objective.model_validate(raw), lines
     except ValidationError as exc:
-        raise refuse(source, _problems(exc), text) from exc
+        raise refuse(source, _problems(exc), lines) from exc
+
+
+def parse_objective(text: str, source: str = "<objective>") -> Objective:
+    """Parse and validate objective YAML; raise ObjectiveError naming `source`, the line and
+    the field."""
+    return parse_objective_lines(text, source)[0]
 
 
 def read_objective(path: str | Path) -> str:
