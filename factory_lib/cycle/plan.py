@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from factory_lib.data.describe import describe_data
@@ -20,8 +20,8 @@ from factory_lib.propose.llm.report import KEY_VARIABLE
 from factory_lib.records import Proposal, TrialRecord, TrialResult
 from factory_lib.registry.gate import Champion
 from factory_lib.runs.client import Chain, chain_from, latest_cycle, newest_cycle
-from factory_lib.runs.env import OomMark, oom_mark
-from factory_lib.runs.lease import Lease, release_lease, take_lease
+from factory_lib.runs.env import OomMark
+from factory_lib.runs.lease import Lease
 from factory_lib.train.prune import Curves, history_curves
 
 
@@ -65,24 +65,6 @@ class CyclePlan:
     @property
     def llm_usd_total(self) -> float:
         return self.previous.llm_usd_total if self.previous else 0.0
-
-
-def start_cycle(
-    objective: Objective,
-    flow_name: str,
-    run_id: str,
-    fresh: bool = False,
-    from_run: str | None = None,
-) -> CyclePlan:
-    """The start step: take the objective's lease (runs.lease), then plan the cycle. A start that
-    fails gives the lease back: there is nothing to resume."""
-    lease, notices = take_lease(objective, f"{flow_name}/{run_id}")
-    try:
-        plan = plan_cycle(objective, flow_name, run_id, fresh, from_run)
-    except BaseException:
-        release_lease(lease)
-        raise
-    return replace(plan, lease=lease, notices=(*notices, *plan.notices), oom_mark=oom_mark())
 
 
 def plan_cycle(

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from factory_lib.cycle.plan import CyclePlan, start_cycle
+from factory_lib.cycle.plan import CyclePlan, plan_cycle
 from factory_lib.fidelity import promotions
 from factory_lib.objective import Objective
 from factory_lib.propose.base import renumber, seen_by_proposers
@@ -19,7 +19,8 @@ from factory_lib.propose.llm.report import KEY_VARIABLE, LLMReport
 from factory_lib.propose.mix import Mix, llm_mix
 from factory_lib.propose.optuna_proposer import OptunaProposer
 from factory_lib.records import Proposal
-from factory_lib.runs.lease import release_lease
+from factory_lib.runs.env import oom_mark
+from factory_lib.runs.lease import release_lease, take_lease
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,15 @@ def open_cycle(
     fresh: bool = False,
     from_run: str | None = None,
 ) -> tuple[CyclePlan, ProposalBatch]:
-    """The start step: take the lease and plan (`start_cycle`), then propose. A start that fails
-    gives the lease back: there is nothing to resume."""
-    plan = start_cycle(objective, flow_name, run_id, fresh, from_run)
+    """The start step: take the objective's lease (runs.lease), plan the cycle (`plan_cycle`),
+    then propose. A start that fails gives the lease back: there is nothing to resume."""
+    lease, notices = take_lease(objective, f"{flow_name}/{run_id}")
     try:
+        plan = plan_cycle(objective, flow_name, run_id, fresh, from_run)
+        plan = replace(plan, lease=lease, notices=(*notices, *plan.notices), oom_mark=oom_mark())
         return plan, propose_cycle(plan)
     except BaseException:
-        release_lease(plan.lease)
+        release_lease(lease)
         raise
 
 
