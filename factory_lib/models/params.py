@@ -69,10 +69,9 @@ def param_problems(objective: Objective, builder_params: Sequence[str] | None) -
     numbers outside sane bounds."""
     problems: list[Problem] = []
     accepted = accepted_params(objective, builder_params)
+    built_in = objective.model.builder is None  # the families' choices and bounds apply
     reader = (
-        "the model.builder"
-        if objective.model.builder
-        else "model.families " + ", ".join(objective.model.families)
+        "model.families " + ", ".join(objective.model.families) if built_in else "the model.builder"
     )
     choices = {**CHOICES, "family": tuple(objective.model.families)}
     for section, items in (
@@ -93,7 +92,7 @@ def param_problems(objective: Objective, builder_params: Sequence[str] | None) -
             values = spec.choices if isinstance(spec, CategoricalParam) else (spec,)
             if isinstance(spec, CategoricalParam):
                 where = f"{where}.choices"
-            if name in choices and objective.model.builder is None:
+            if name in choices and built_in:
                 for value in values:
                     if value not in choices[name]:
                         problems.append(
@@ -104,9 +103,9 @@ def param_problems(objective: Objective, builder_params: Sequence[str] | None) -
                                 f"{_did_you_mean(str(value), choices[name])}",
                             )
                         )
-            if name in BOUNDS and objective.model.builder is None:
+            if name in BOUNDS and built_in:
                 problems += _bounds(section, name, spec, values)
-            if name == "kernel" and objective.model.builder is None:
+            if name == "kernel" and built_in:
                 problems += [
                     Problem(where, f"kernel {v!r} must be odd (the convolution keeps its size)")
                     for v in values
