@@ -21,12 +21,9 @@ then a markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 # torch first, as everywhere that may later import Metaflow (#2462)
-import torch  # isort: skip
-
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from unittest import mock
+
+from overhead import machine  # benchmarks/overhead.py: this script's folder is on sys.path
 
 from factory_lib.objective import Objective, load_objective
 from factory_lib.propose.base import make_proposal
@@ -123,18 +122,6 @@ def table(report: dict[str, Any]) -> str:
             f"| {arms['fork'] - base:+.2f} s | {arms['spawn'] - base:+.2f} s |"
         )
     return "\n".join(rows)
-
-
-def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [
-        line.split(":", 1)[1].strip()
-        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-        if line.startswith("model name")
-    ]
-    cpu = models[0] if models else platform.processor() or "unknown CPU"
-    gpu = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}, torch {torch.__version__}, {gpu}"
 
 
 if __name__ == "__main__":
