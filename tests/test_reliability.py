@@ -286,21 +286,7 @@ def test_a_read_only_datastore_is_one_clear_message(tmp_path: Path) -> None:
     store = root / ".metaflow"
     store.mkdir(parents=True)
     with _read_only(store):
-        run = subprocess.run(
-            [
-                sys.executable,
-                FLOW,
-                "--config",
-                "objective",
-                str(write_objective(tmp_path, "ro")),
-                "run",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        run = _run_flow(root, write_objective(tmp_path, "ro"))
         # and the lease, written by the start step, says the same should a write fail there
         with pytest.raises(DatastoreError, match=f"cannot write to the datastore at {store}/"):
             take_lease(SMOKE, "CycleFlow/1", Datastore("local", str(store)))
@@ -327,24 +313,25 @@ def test_a_full_datastore_is_one_clear_message(tmp_path: Path) -> None:
     )
     if probe.returncode != 0:
         pytest.skip(f"no private mount namespace here (unshare -rm): {probe.stderr[-200:]!r}")
-    run = subprocess.run(
-        [
-            *("unshare", "-rm", "sh", "-c", fill, "sh", sys.executable, FLOW, "--config"),
-            "objective",
-            str(objective),
-            "run",
-        ],
+    run = _run_flow(root, objective, "unshare", "-rm", "sh", "-c", fill, "sh")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stdout == ""
+    assert run.stderr.startswith(f"factory: cannot write to the datastore at {store}: ")
+    assert "No space left on device" in run.stderr
+    assert run.stderr.count("\n") == 1 and "Nothing was started." in run.stderr
+
+
+def _run_flow(root: Path, objective: Path, *wrapper: str) -> subprocess.CompletedProcess[str]:
+    """`python flows/cycle.py run` of `objective` with its datastore under `root`, started
+    through `wrapper` (a command that execs the rest) if given."""
+    return subprocess.run(
+        [*wrapper, sys.executable, FLOW, "--config", "objective", str(objective), "run"],
         cwd=ROOT,
         env={**os.environ, "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root)},
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert run.returncode == 1, run.stdout + run.stderr
-    assert run.stdout == ""
-    assert run.stderr.startswith(f"factory: cannot write to the datastore at {store}: ")
-    assert "No space left on device" in run.stderr
-    assert run.stderr.count("\n") == 1 and "Nothing was started." in run.stderr
 
 
 @contextlib.contextmanager
