@@ -17,9 +17,9 @@ from factory_lib.runs.client import (
     RETIRED_TAG,
     Retirement,
     all_namespaces,
+    cycle_runs,
     objective_tag,
     retirement_of,
-    search_runs,
 )
 
 # A run tag holds at most 500 characters (metaflow.tagging_util.MAX_TAG_SIZE).
@@ -78,8 +78,8 @@ def unretire_cycle(flow_name: str, objective_name: str, run_id: str) -> Retireme
             raise RetireError(f"{run.pathspec} is not retired")
         since = [
             r
-            for r in search_runs(flow_name, objective_name)
-            if r.successful and r.created_at > run.created_at and retirement_of(r) is None
+            for r in cycle_runs(flow_name, objective_name, retired=False)
+            if r.created_at > run.created_at
         ]
         if since:
             raise RetireError(
@@ -119,12 +119,8 @@ def _cycle_run(flow_name: str, objective_name: str, run_id: str) -> Any:
 
 def _continued_from(flow_name: str, objective_name: str, run: Any) -> Any | None:
     """A successful cycle of the search that is not retired and continued from `run`, or None."""
-    for other in search_runs(flow_name, objective_name):
-        if (
-            other.created_at <= run.created_at
-            or not other.successful
-            or retirement_of(other) is not None
-        ):
+    for other in cycle_runs(flow_name, objective_name, retired=False):
+        if other.created_at <= run.created_at:
             continue
         plan = other["start"].task["plan"].data
         if plan.previous is not None and plan.previous.run_pathspec == run.pathspec:
