@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from factory_lib.checks import check_file
-from factory_lib.explore.summary import CycleSummary, summarize
-from factory_lib.history import CycleState, state_of
+from factory_lib.explore.analysis import CycleView
+from factory_lib.explore.summary import CycleSummary
+from factory_lib.history import state_of
 from factory_lib.objective import Objective, objective_path
 from factory_lib.runs.client import FLOW_NAME
 
@@ -33,21 +34,6 @@ def load_checked(path: Path) -> Objective:
     for warning in checked.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return checked.objective
-
-
-def summary_of(data: CycleState) -> CycleSummary:
-    """A finished cycle's summary, as the flow printed it and `factory status` shows it."""
-    assert data.objective is not None and data.decision is not None
-    return summarize(
-        data.objective.name,
-        data.cycle,
-        data.records,
-        data.history,
-        data.decision,
-        data.champion,
-        data.stale_cycles,
-        data.run_pathspec,
-    )
 
 
 def progress_line(i: int, n: int, summary: CycleSummary, seconds: float) -> str:
@@ -165,7 +151,7 @@ def loop(args: argparse.Namespace) -> int:
             )
             return 1
         data = state_of(outcome.run["end"].task.data, outcome.run.pathspec)
-        summary, seconds = summary_of(data), time.monotonic() - started
+        summary, seconds = CycleView.of(data).summary, time.monotonic() - started
         if args.json:
             fields = {"loop_cycle": i, "loop_cycles": args.cycles, "seconds": round(seconds, 1)}
             print(json.dumps({**fields, **summary.model_dump(mode="json")}), flush=True)
