@@ -43,9 +43,14 @@ def check_objective(text: str, source: str) -> Checked:
     """Parse and check objective YAML; raise ObjectiveError listing every problem found."""
     objective, lines = parse_objective_lines(text, source)
     problems, builder_params = _user_code(objective)
+    written = [path[1] for path in lines if len(path) == 2 and path[0] == "data"]
+    if foreign := objective.data.foreign_options(written):
+        problems.append(Problem(f"data.{foreign.partition(':')[0].split(',')[0]}", foreign))
     problems += param_problems(objective, builder_params)
     if objective.data.dataset is not None:
         problems += size_problems(objective, *BUNDLED_SHAPES[objective.data.dataset])
+    if objective.data.path is not None and not problems:
+        problems += _data_problems(objective)
     if problems:
         raise refuse(source, problems, lines)
     warnings = []
@@ -62,6 +67,19 @@ def check_objective(text: str, source: str) -> Checked:
             f"{'the CPU' if gpus == 0 else f'{gpus} GPU(s)'} (a --with batch run gets them)"
         )
     return Checked(objective, tuple(warnings))
+
+
+def _data_problems(objective: Objective) -> list[Problem]:
+    """A table, image folder or array file read and split as a cycle will: bad data is refused
+    here, naming the file and the column, before any step runs."""
+    from factory_lib.data.sources import DataError
+    from factory_lib.data.splits import load_splits
+
+    try:
+        summary = load_splits(objective.data, objective.task).summary
+    except DataError as exc:
+        return [Problem(f"data.{objective.data.source}", str(exc))]
+    return size_problems(objective, summary.input_shape, summary.n_outputs)
 
 
 def check_file(path: str | Path) -> Checked:

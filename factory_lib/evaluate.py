@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -62,8 +63,19 @@ def quality_metrics(
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.cat([model(x[i : i + 1024].to(device)).cpu() for i in range(0, len(x), 1024)])
+def _predict(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs and targets over a split streamed batch by batch (only those are kept), and
+    the first inputs (for the latency measurement)."""
+    outs, ys, first = [], [], None
+    for x, y in batches:
+        first = x[:LATENCY_BATCH] if first is None else first
+        outs.append(model(x.to(device)).cpu())
+        ys.append(y.cpu())
+    if first is None:
+        raise ValueError("an evaluation split yields no batch")
+    return torch.cat(outs), torch.cat(ys), first
 
 
 @torch.no_grad()
@@ -85,23 +97,23 @@ def latency_ms_per_sample(model: nn.Module, x: torch.Tensor, device: torch.devic
 
 def evaluate(
     model: nn.Module,
-    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    eval_sets: Mapping[str, Iterable[tuple[torch.Tensor, torch.Tensor]]],
     task: str,
     metric_names: tuple[str, ...],
     preprocessing: Preprocessing | None,
     train_seconds: float,
 ) -> Evaluation:
-    """Score a trained model on the validation and held-out test splits."""
+    """Score a trained model on the validation and held-out test splits, streamed."""
     model.eval()
     device = next(model.parameters()).device
-    scores = {
-        split: quality_metrics(_predict(model, x, device), y, task, metric_names, preprocessing)
-        for split, (x, y) in eval_sets.items()
-    }
+    scores, first = {}, {}
+    for split, batches in eval_sets.items():
+        out, y, first[split] = _predict(model, batches, device)
+        scores[split] = quality_metrics(out, y, task, metric_names, preprocessing)
     return Evaluation(
         val=scores["val"],
         test=scores["test"],
         params=count_params(model),
-        latency_ms=latency_ms_per_sample(model, eval_sets["test"][0], device),
+        latency_ms=latency_ms_per_sample(model, first["test"], device),
         train_seconds=train_seconds,
     )

@@ -37,6 +37,27 @@ BUNDLED_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
     "iris": ((4,), 3),
 }
 REGRESSION_DATASETS = ("diabetes",)
+DataSource = Literal["dataset", "table", "images", "arrays", "module"]
+DATA_SOURCES: tuple[DataSource, ...] = ("dataset", "table", "images", "arrays", "module")
+# The sources each data option applies to (options not named apply to every source).
+_DATA_OPTIONS: dict[str, tuple[str, ...]] = {
+    "kwargs": ("module",),
+    **{
+        k: ("table",)
+        for k in (
+            "target",
+            "features",
+            "categorical",
+            "id",
+            "split_column",
+            "group_column",
+            "missing_target",
+        )
+    },
+    "image_size": ("images",),
+    **{k: ("dataset", "table", "images", "arrays") for k in ("val_fraction", "test_fraction")},
+    **{k: ("dataset", "table", "images", "arrays") for k in ("seed", "batch_size")},
+}
 FAMILIES = ("mlp", "cnn", "arch")
 Block = Literal["linear", "conv", "norm", "activation", "dropout", "residual", "pool"]
 BLOCKS: tuple[Block, ...] = ("linear", "conv", "norm", "activation", "dropout", "residual", "pool")
@@ -58,6 +79,7 @@ SAMPLERS = ("tpe", "random", "cmaes", "gp")
 DEFAULT_LLM_MODEL = "claude-sonnet-4-6"
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|<|>=|>)\s*([-+0-9.eE]+)\s*$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_LEADING_FIELD = re.compile(r"^([a-z_]+)(?::|, )")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -137,15 +159,62 @@ Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator=
 
 
 class DataSpec(_Strict):
-    """A bundled scikit-learn data set, or the user's LightningDataModule by import path."""
+    """Where the data comes from: a bundled scikit-learn set, a table, an image folder, arrays,
+    or the user's LightningDataModule by import path (docs/data.md)."""
 
     dataset: Literal["digits", "wine", "breast_cancer", "diabetes", "iris"] | None = None
     module: str | None = Field(default=None, description="'package.module:DataModuleClass'")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    table: str | None = Field(default=None, description="a .csv or .parquet file, or s3://")
+    target: str | None = Field(default=None, description="the table's column to predict")
+    features: tuple[str, ...] | None = Field(default=None, description="default: the others")
+    categorical: tuple[str, ...] | None = Field(default=None, description="default: inferred")
+    id: tuple[str, ...] = Field(default=(), description="columns to drop (row identifiers)")
+    split_column: str | None = Field(default=None, description="values train, val, test")
+    group_column: str | None = Field(default=None, description="no group spans two splits")
+    missing_target: Literal["refuse", "drop"] = "refuse"
+    images: str | None = Field(default=None, description="a folder with one subfolder per class")
+    image_size: tuple[Count, Count] = Field(default=(32, 32), description="[height, width]")
+    arrays: str | None = Field(default=None, description="an .npz file with x and y")
     val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
     seed: Count = 0
     batch_size: Count = Field(default=64, ge=1, le=65_536)
+
+    @property
+    def source(self) -> DataSource:
+        """Which of the five sources this is."""
+        return next(s for s in DATA_SOURCES if getattr(self, s) is not None)
+
+    @property
+    def path(self) -> str | None:
+        """The file or folder the data is read from (None for bundled sets and modules)."""
+        return self.table or self.images or self.arrays
+
+    @property
+    def in_memory(self) -> bool:
+        """Loaded whole by the factory (everything but a user's data module)."""
+        return self.module is None
+
+    def resolved(self, base: Path) -> DataSpec:
+        """Paths made absolute against `base` (the objective file's folder); s3:// as is."""
+        key = self.source
+        path = self.path
+        if path is None or "://" in path or Path(path).is_absolute():
+            return self
+        return self.model_copy(update={key: str((base / path).resolve())})
+
+    def foreign_options(self, names: Sequence[str]) -> str | None:
+        """What is wrong with setting options `names` for this source, if anything: options
+        of another source, or what a data module decides itself."""
+        foreign = sorted(n for n in names if self.source not in _DATA_OPTIONS.get(n, DATA_SOURCES))
+        if not foreign:
+            return None
+        why = " (its loaders decide them)" if self.source == "module" else ""
+        return (
+            f"{', '.join(foreign)}: {'does' if len(foreign) == 1 else 'do'} not apply to "
+            f"'{self.source}' data{why}; see docs/data.md"
+        )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -154,14 +223,47 @@ class DataSpec(_Strict):
                 f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}: "
                 "keep at least 20% of the data for training"
             )
-        if (self.dataset is None) == (self.module is None):
-            raise ValueError("give exactly one of 'dataset' (bundled) or 'module' (import path)")
+        given = [s for s in DATA_SOURCES if getattr(self, s) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one source: 'dataset' (bundled), 'table' (.csv/.parquet), "
+                "'images' (a folder), 'arrays' (.npz) or 'module' (import path)"
+                + (f"; got {', '.join(given)}" if given else "")
+            )
         if self.module is not None and not _IMPORT_PATH.match(self.module):
             raise ValueError(
                 f"module must look like 'package.module:ClassName', got {self.module!r}"
             )
-        if self.kwargs and self.module is None:
-            raise ValueError("'kwargs' are passed to a user 'module'; bundled data sets take none")
+        # (A default written out, as a dumped objective has them, does not count here;
+        # checks.check_objective refuses those written in the file.)
+        fields = type(self).model_fields
+        written = [
+            f
+            for f in self.model_fields_set
+            if getattr(self, f) != fields[f].get_default(call_default_factory=True)
+        ]
+        if problem := self.foreign_options(written):
+            raise ValueError(problem)
+        if self.table is not None:
+            if self.target is None:
+                raise ValueError("a table needs 'target': the column to predict")
+            if self.split_column and self.group_column:
+                raise ValueError("give 'split_column' or 'group_column', not both")
+            fractions = sorted(
+                f
+                for f in ("val_fraction", "test_fraction")
+                if getattr(self, f) != fields[f].get_default()
+            )
+            if self.split_column and fractions:
+                raise ValueError(
+                    f"{', '.join(fractions)}: the split_column {self.split_column!r} decides "
+                    "the splits; drop the fractions or the split_column"
+                )
+            for name in ("features", "categorical", "id"):
+                if self.target in (getattr(self, name) or ()):
+                    raise ValueError(f"{name}: lists the target column {self.target!r}")
+        if any(s < 1 or s > 4096 for s in self.image_size):
+            raise ValueError(f"image_size: each side from 1 to 4096, got {list(self.image_size)}")
         return self
 
 
@@ -445,14 +547,17 @@ class Objective(_Strict):
         ]:
             if name not in known:
                 raise ValueError(f"{where}: unknown metric {name!r}; known: {', '.join(known)}")
-        if (
-            "cnn" in self.model.families
-            and self.data.dataset
-            and self.data.dataset not in IMAGE_DATASETS
-        ):
+        if self.data.images is not None and self.task != "classification":
             raise ValueError(
-                f"model.families: 'cnn' needs image-shaped data; {self.data.dataset!r} is tabular"
+                "data.images: an image folder (one subfolder per class) is "
+                "classification data; set task: classification"
             )
+        if "cnn" in self.model.families and (
+            self.data.table is not None
+            or (self.data.dataset and self.data.dataset not in IMAGE_DATASETS)
+        ):
+            what = repr(self.data.dataset) if self.data.dataset else "a table"
+            raise ValueError(f"model.families: 'cnn' needs image-shaped data; {what} is tabular")
         if self.proposers.warm_start == self.name:
             raise ValueError("proposers.warm_start: names this objective; name another one")
         if self.fidelity and self.fidelity.rungs[-1] > self.budget.max_epochs:
@@ -643,6 +748,12 @@ def _problems(err: ValidationError) -> list[Problem]:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
+        # A check across a section's fields names the field first ("image_size: ..."): point
+        # at that field's line.
+        if parts and (named := _LEADING_FIELD.match(msg)):
+            parts.append(named.group(1))
+            if named.group(0).endswith(":"):
+                msg = msg[named.end() :].strip()
         problems.append(Problem(".".join(parts), msg))
     return problems
 
@@ -669,9 +780,13 @@ def parse_objective_lines(text: str, source: str) -> tuple[Objective, dict[Field
     if duplicates:
         raise ObjectiveError("\n".join([f"invalid objective {source}:", *duplicates]))
     try:
-        return Objective.model_validate(raw), lines
+        objective = Objective.model_validate(raw)
     except ValidationError as exc:
         raise refuse(source, _problems(exc), lines) from exc
+    if Path(source).is_file():  # data paths are relative to the objective file
+        data = objective.data.resolved(Path(source).parent)
+        objective = objective.model_copy(update={"data": data})
+    return objective, lines
 
 
 def parse_objective(text: str, source: str = "<objective>") -> Objective:

@@ -222,6 +222,7 @@ class CycleFlow(FlowSpec):
             ),
             history=self.plan.history,
             load_checkpoint=stored_checkpoint,
+            expected_data=self.plan.data,
         )
         self.trial_results = [o.result for o in outputs]
         self.trial_weights = {

@@ -21,6 +21,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = str(ROOT / "flows" / "cycle.py")
+EXAMPLE_DATA = ROOT / "objectives" / "examples" / "data"
 _DATASTORE = tempfile.mkdtemp(prefix="factory-tests-")
 # "[c001-t00] ok", "[c001-t00-s1] failed (...)": what train_group prints for each trial.
 TRIAL_OUTCOME = re.compile(r"^\[([\w-]+)\] (?:ok|failed|diverged|timeout|pruned)\b", re.M)
@@ -32,6 +33,15 @@ os.environ.setdefault("USERNAME", "factory-tests")
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def example_data() -> None:
+    """The example objectives' data (objectives/examples/make_data.py), written once."""
+    import runpy
+
+    if not (EXAMPLE_DATA / "digits.npz").exists():
+        runpy.run_path(str(ROOT / "objectives" / "examples" / "make_data.py"))["main"]()
 
 
 def write_objective(tmp_path: Path, name: str, base: str = "smoke", **overrides: Any) -> Path:

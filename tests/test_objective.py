@@ -58,7 +58,7 @@ def test_missing_dataset_is_named() -> None:
     spec["data"]["dataset"] = "mnist"
     assert "data.dataset" in _error(spec)
     del spec["data"]["dataset"]
-    assert "give exactly one of 'dataset'" in _error(spec)
+    assert "give exactly one source: 'dataset'" in _error(spec)
 
 
 def test_unknown_metric_in_constraint() -> None:
@@ -113,7 +113,7 @@ def test_overrides_change_only_the_budget() -> None:
     ("edit", "expected"),
     [
         ({"budget": {"trials_per_cycle": 0}}, "budget.trials_per_cycle"),
-        ({"data": {"dataset": None, "module": "no_such_package.data:DM"}}, "data.module"),
+        ({"data": {"module": "no_such_package.data:DM"}}, "data.module"),
         (
             {"search_space": {"widht": {"type": "int", "low": 4, "high": 8}}},
             "search_space.widht: no parameter 'widht'",
@@ -126,7 +126,7 @@ def test_flow_rejects_bad_objective_before_running(
 ) -> None:
     spec = _smoke()
     for section, values in edit.items():
-        spec[section] = {**spec[section], **values}
+        spec[section] = values if section == "data" else {**spec[section], **values}
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(spec))
     proc = subprocess.run(

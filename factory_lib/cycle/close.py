@@ -172,7 +172,9 @@ def close_cycle(
         package = scored.candidate
         assert package is not None and package.trial_id == champion.trial_id
         exports, summary = exports_of(champion.trial_id, measurements, objective)
-        card = model_card(objective, champion, decision, plan.data, run_pathspec, summary)
+        card = model_card(
+            objective, champion, decision, plan.data, run_pathspec, summary, plan.preprocessing
+        )
         new = ChampionBundle(champion=champion, package=package, model_card=card, exports=exports)
         if objective.promotion.require_approval:
             reason = f"awaiting approval (factory approve / factory reject): {decision.reason}"

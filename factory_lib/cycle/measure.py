@@ -6,9 +6,11 @@ so those imports sit in the branch that needs them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from factory_lib.cycle.close import MeasureJob, Measurement
 from factory_lib.cycle.plan import CyclePlan
-from factory_lib.data import load_splits
+from factory_lib.data import DataSummary, load_splits
 from factory_lib.objective import Objective
 from factory_lib.records import TrialRecord
 from factory_lib.registry import Exports, ModelPackage
@@ -27,7 +29,7 @@ def run_job(
     values: tuple[float, ...] = ()
     if job.kind == "seeds":
         assert job.record is not None
-        values = seed_values(plan.objective, job.record, job.seeds, concurrent_tasks)
+        values = seed_values(plan.objective, job.record, job.seeds, concurrent_tasks, plan.data)
     if job.kind != "export" and not job.export:
         return Measurement(job, values=values)
     assert candidate is not None and candidate.trial_id == job.trial_id
@@ -36,7 +38,11 @@ def run_job(
 
 
 def seed_values(
-    objective: Objective, record: TrialRecord, k: int, concurrent_tasks: int = 1
+    objective: Objective,
+    record: TrialRecord,
+    k: int,
+    concurrent_tasks: int = 1,
+    expected_data: DataSummary | None = None,
 ) -> tuple[float, ...]:
     """A trial's held-out metric, its own and over `k - 1` retrainings with other seeds."""
     from factory_lib.train.group import train_group  # torch and Lightning: only where a job trains
@@ -57,10 +63,21 @@ def seed_values(
     own = record.result.evaluation.metrics("test")[metric] if record.result.evaluation else None
     again = [
         o.result.evaluation.metrics("test")[metric]
-        for o in train_group(objective, copies, concurrent_tasks=concurrent_tasks)
+        for o in train_group(
+            objective, copies, concurrent_tasks=concurrent_tasks, expected_data=expected_data
+        )
         if o.result.status == "ok" and o.result.evaluation is not None
     ]
     return tuple(v for v in (own, *again) if v is not None)
+
+
+def export_sample(objective: Objective) -> Any:
+    """Held-out raw inputs to check the exports on: the first test rows (or batch)."""
+    if objective.data.in_memory:
+        return load_splits(objective.data, objective.task).raw_x["test"][:EXPORT_SAMPLE]
+    from factory_lib.data.module import first_batch  # a user module: Lightning
+
+    return first_batch(objective, "test")[0][:EXPORT_SAMPLE].numpy()
 
 
 def export_or_note(
@@ -69,7 +86,7 @@ def export_or_note(
     """The champion's exports, checked against it on held-out data; or why there are none."""
     from factory_lib.registry.export import ExportMismatch, export_champion  # torch
 
-    sample = load_splits(objective.data, objective.task).raw_x["test"][:EXPORT_SAMPLE]
+    sample = export_sample(objective)
     try:
         exports = export_champion(package, sample)
     except ExportMismatch as exc:

@@ -95,6 +95,7 @@ def plan_cycle(
         )
     data, preprocessing = describe_data(objective)
     notices = list(chain.notices)
+    notices += [f"data {data.name}: {note}" for note in data.notes]  # skipped files, dropped rows
     if previous and (from_run or chain.retired_cycles != previous.retired_cycles):
         how = f"--from-run {from_run}: continuing" if from_run else "continuing"
         notices.append(

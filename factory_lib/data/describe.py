@@ -9,8 +9,9 @@ from factory_lib.objective import Objective
 def describe_data(objective: Objective) -> tuple[DataSummary, Preprocessing | None]:
     """Shapes, sizes and fingerprints of the objective's data, and its fitted preprocessing.
 
-    Bundled sets need only numpy and scikit-learn; a user module is built (which imports
-    Lightning) and fails here, before any trial, if it is unusable.
+    In-memory sources need numpy, pandas and scikit-learn (Pillow for images); a user module
+    is built (which imports Lightning) and streamed, and fails here, before any trial, if it
+    is unusable.
     """
     if objective.data.module is None:
         splits = load_splits(objective.data, objective.task)

@@ -1,28 +1,38 @@
-"""Lightning data modules: the bundled sets as in-memory tensors, or the user's own module."""
+"""Lightning data modules: in-memory sources as tensors on the device, or the user's own module.
+
+A user module is streamed, never materialised: the start step and every train task pass over
+its loaders once to check them (batches are (x, y) tensor pairs, classes in range), count and
+fingerprint each split, and find rows shared between splits (keeping only the held-out
+splits' row hashes); the evaluator streams the validation and test loaders. The contract is
+in docs/data.md.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
+from factory_lib.data.sources import DataError
 from factory_lib.data.splits import (
+    DataLeakError,
     DataSummary,
     Preprocessing,
     Splits,
+    combined_fingerprint,
     fingerprint_arrays,
     load_splits,
-    shared_rows,
+    row_hashes,
 )
 from factory_lib.imports import resolve
 from factory_lib.objective import Objective
 
 
-class DataModuleError(ValueError):
+class DataModuleError(DataError):
     """A user data module that cannot be used; the message says what is wrong."""
 
 
@@ -112,81 +122,222 @@ class TensorDataModule(L.LightningDataModule):
         return DeviceBatches(*self.tensors["test"], EVAL_BATCH, None)
 
 
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class TrialData:
-    """What a trial trains and is evaluated on."""
+    """What a trial trains and is evaluated on: `eval_sets` are the validation and test
+    splits as re-iterable (x, y) batches, streamed by the evaluator."""
 
     datamodule: L.LightningDataModule
     summary: DataSummary
     preprocessing: Preprocessing | None
-    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    eval_sets: dict[str, Batches]
 
 
-def _collect(loader: DataLoader[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*((b[0], b[1]) for b in loader), strict=True)
-    return torch.cat(xs), torch.cat(ys)
+class SplitChanged(DataModuleError):
+    """The data a task built differs from what the start step described."""
 
 
-def _user_datamodule(objective: Objective) -> TrialData:
+class _Pairs:
+    """A user loader's batches checked to be (x, y) tensor pairs; re-iterable."""
+
+    def __init__(self, make: Callable[[], Iterable[Any]], where: str) -> None:
+        self.make, self.where = make, where
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.make():
+            yield _pair(batch, self.where)
+
+
+def _pair(batch: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, Mapping):
+        keys = ", ".join(map(repr, batch))
+        raise DataModuleError(
+            f"{where} yields dict batches ({keys}); the factory needs (x, y) pairs: "
+            "return (inputs, targets), e.g. (batch['image'], batch['label'])"
+        )
+    if not isinstance(batch, tuple | list) or len(batch) < 2:
+        raise DataModuleError(
+            f"{where} yields {type(batch).__name__} batches; the factory needs (x, y) pairs"
+        )
+    x, y = batch[0], batch[1]
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise DataModuleError(
+            f"{where} yields ({type(x).__name__}, {type(y).__name__}); x and y must be tensors"
+        )
+    if len(x) != len(y):
+        raise DataModuleError(f"{where} yields batches with {len(x)} inputs and {len(y)} targets")
+    return x, y
+
+
+@dataclass
+class _Scan:
+    """One streamed pass over a split: its size, an order-independent fingerprint (the sum of
+    row hashes, so a shuffling loader gives the same one), and its rows' hashes if kept."""
+
+    rows: int = 0
+    total: int = 0  # modulo 2**64
+    hashes: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_arrays(np.asarray([self.rows, self.total], np.uint64))
+
+
+def _scan(
+    batches: Batches, keep: bool, seen: np.ndarray | None, check_y: Callable[[torch.Tensor], None]
+) -> tuple[_Scan, int]:
+    """Stream a split once; with `seen` (held-out row hashes), count its rows found there."""
+    scan, shared = _Scan(), 0
+    for x, y in batches:
+        check_y(y)
+        xh = row_hashes(x.detach().cpu().numpy())
+        yh = row_hashes(y.detach().cpu().numpy().astype(np.float64))
+        both = xh ^ (yh * np.uint64(0x9E3779B97F4A7C15))
+        scan.rows += len(xh)
+        scan.total = (scan.total + int(both.sum(dtype=np.uint64))) % 2**64
+        if keep:
+            scan.hashes.append(xh)
+        if seen is not None:
+            shared += int(np.isin(xh, seen).sum())
+    return scan, shared
+
+
+def _built(objective: Objective) -> tuple[L.LightningDataModule, dict[str, _Pairs], str]:
+    """The user's module, checked to have its loaders and set up; its (x, y) loaders."""
     spec = objective.data
     assert spec.module is not None
+    where = f"data.module {spec.module!r}"
     cls = resolve(spec.module, "data.module")
     try:
         dm = cls(**spec.kwargs)
     except TypeError as exc:
-        raise DataModuleError(
-            f"data.module {spec.module!r}: cannot build it with data.kwargs: {exc}"
-        ) from exc
+        raise DataModuleError(f"{where}: cannot build it with data.kwargs: {exc}") from exc
     if not isinstance(dm, L.LightningDataModule):
-        raise DataModuleError(f"data.module {spec.module!r} is not a LightningDataModule")
+        raise DataModuleError(f"{where} is not a LightningDataModule")
+    for name, role in LOADERS.items():
+        if getattr(type(dm), f"{name}_dataloader") is getattr(
+            L.LightningDataModule, f"{name}_dataloader"
+        ):
+            raise DataModuleError(f"{where} has no {name}_dataloader(): {role} (docs/data.md)")
     dm.prepare_data()
     dm.setup("fit")
     dm.setup("test")
+    loaders = {
+        k: _Pairs(getattr(dm, f"{k}_dataloader"), f"{where}: {k}_dataloader()") for k in LOADERS
+    }
+    return dm, loaders, where
+
+
+def first_batch(objective: Objective, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A user module's first (x, y) batch of `split`, without a pass over the rest."""
+    _, loaders, where = _built(objective)
     try:
-        evals = {"val": _collect(dm.val_dataloader()), "test": _collect(dm.test_dataloader())}
-        first_x, _ = next(iter(dm.train_dataloader()))[:2]
-    except (TypeError, ValueError, StopIteration) as exc:
-        raise DataModuleError(
-            f"data.module {spec.module!r}: its loaders must yield (x, y) batches: {exc}"
-        ) from exc
+        return next(iter(loaders[split]))
+    except StopIteration:
+        raise DataModuleError(f"{where}: {split}_dataloader() yields no batch") from None
+
+
+def _user_datamodule(objective: Objective, expected: DataSummary | None) -> TrialData:
+    spec = objective.data
+    dm, loaders, where = _built(objective)
+    try:
+        first_x, _ = next(iter(loaders["train"]))
+    except StopIteration:
+        raise DataModuleError(f"{where}: train_dataloader() yields no batch") from None
     if objective.task == "classification":
         n_outputs = getattr(dm, "num_classes", None)
-        if not isinstance(n_outputs, int):
-            raise DataModuleError(
-                f"data.module {spec.module!r}: a classification module needs an int 'num_classes'"
-            )
+        if not isinstance(n_outputs, int) or isinstance(n_outputs, bool):
+            raise DataModuleError(f"{where}: a classification module needs an int 'num_classes'")
+        if n_outputs < 2:
+            raise DataModuleError(f"{where}: num_classes is {n_outputs}; need two or more")
     else:
         n_outputs = 1
-    train_x = torch.cat([b[0] for b in dm.train_dataloader()])
-    shared = shared_rows(
-        {"train": train_x.numpy(), **{k: x.numpy() for k, (x, _) in evals.items()}}
-    )
-    if shared:  # the user's own split: warn, naming the count, rather than refuse
-        print(f"warning: data.module {spec.module!r}: splits share examples: {shared}", flush=True)
-    split_fps = {k: fingerprint_arrays(x.numpy(), y.numpy()) for k, (x, y) in evals.items()}
+
+    def check_y(split: str) -> Callable[[torch.Tensor], None]:
+        def check(y: torch.Tensor) -> None:
+            if objective.task != "classification":
+                return
+            if y.is_floating_point() or y.is_complex():
+                raise DataModuleError(
+                    f"{where}: {split}_dataloader() yields {y.dtype} targets; classification "
+                    "targets are class indices (int64)"
+                )
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_outputs):
+                raise DataModuleError(
+                    f"{where}: {split}_dataloader() yields class {int(y.max())} (or "
+                    f"{int(y.min())}); num_classes is {n_outputs}: classes are 0..{n_outputs - 1}"
+                )
+
+        return check
+
+    held = {k: _scan(loaders[k], True, None, check_y(k))[0] for k in ("val", "test")}
+    seen = np.unique(np.concatenate([h for k in held for h in held[k].hashes]))
+    train, leaked = _scan(loaders["train"], False, seen, check_y("train"))
+    val_rows: np.ndarray = np.concatenate(held["val"].hashes)
+    test_rows: np.ndarray = np.concatenate(held["test"].hashes)
+    inner = len(np.intersect1d(val_rows, test_rows))
+    for k, scan in (("train", train), *held.items()):
+        if scan.rows == 0:
+            raise DataModuleError(f"{where}: {k}_dataloader() yields no example")
+    if leaked or inner:
+        raise DataLeakError(
+            f"{where}: splits share examples: {leaked} training rows are in val or test, "
+            f"{inner} val rows are in test; a held-out split must hold out"
+        )
+    split_fps = {"train": train.fingerprint, **{k: v.fingerprint for k, v in held.items()}}
     summary = DataSummary(
         name=spec.module,
         task=objective.task,
         input_shape=tuple(first_x.shape[1:]),
         n_outputs=n_outputs,
-        sizes={k: len(y) for k, (_, y) in evals.items()},
-        fingerprint=fingerprint_arrays(
-            *(np.frombuffer(f.encode(), np.uint8) for f in split_fps.values())
-        ),
+        sizes={"train": train.rows, **{k: v.rows for k, v in held.items()}},
+        fingerprint=combined_fingerprint(split_fps),
         split_fingerprints=split_fps,
+        source="module",
     )
+    _same_split(summary, expected, where)
+    evals: dict[str, Batches] = {k: loaders[k] for k in ("val", "test")}
     return TrialData(datamodule=dm, summary=summary, preprocessing=None, eval_sets=evals)
 
 
-def build_trial_data(objective: Objective) -> TrialData:
-    """The data module a trial trains on, with its evaluation tensors."""
+def _same_split(summary: DataSummary, expected: DataSummary | None, where: str) -> None:
+    """A task must train on exactly the data the start step described."""
+    if expected is None or summary.split_fingerprints == expected.split_fingerprints:
+        return
+    differ = [
+        f"{k} ({expected.sizes.get(k)} rows at the start, {summary.sizes.get(k)} here)"
+        for k in summary.split_fingerprints
+        if summary.split_fingerprints[k] != expected.split_fingerprints.get(k)
+    ]
+    raise SplitChanged(
+        f"{where}: this task's data differs from what the start step described: "
+        f"{', '.join(differ)}. The data must be the same in every task: a module splits with a "
+        "fixed seed, a file must not change during a cycle"
+    )
+
+
+# What each loader of a user module is for.
+LOADERS = {
+    "train": "the trials train on it",
+    "val": "the search picks on it (early stopping, the reward)",
+    "test": "the held-out split: the promotion gate scores on it, the search never sees it",
+}
+
+
+def build_trial_data(objective: Objective, expected: DataSummary | None = None) -> TrialData:
+    """The data module a trial trains on, with its evaluation batches; with `expected` (the
+    start step's summary), refuse data whose split differs from it."""
     if objective.data.module is not None:
-        return _user_datamodule(objective)
+        return _user_datamodule(objective, expected)
     splits = load_splits(objective.data, objective.task)
+    _same_split(splits.summary, expected, f"data {objective.data.path or objective.data.dataset}")
     dm = TensorDataModule(splits, objective.data.batch_size)
     return TrialData(
         datamodule=dm,
         summary=splits.summary,
         preprocessing=splits.preprocessing,
-        eval_sets={k: dm.tensors[k] for k in ("val", "test")},
+        eval_sets={k: DeviceBatches(*dm.tensors[k], EVAL_BATCH, None) for k in ("val", "test")},
     )

@@ -44,6 +44,12 @@ def check_report(path: Path) -> list[str]:
     lines.append(
         "  splits: " + ", ".join(f"{k} {v}" for k, v in summary.split_fingerprints.items())
     )
+    if summary.classes is not None:
+        shown = ", ".join(map(str, summary.classes[:10]))
+        lines.append(f"  classes: {shown}{', ...' if len(summary.classes) > 10 else ''}")
+    prep = data.preprocessing
+    lines.append(f"  preprocessing: {prep.describe() if prep else 'as the data module yields it'}")
+    lines += [f"  note: {n}" for n in summary.notes]
     largest: nn.Module | None = None
     for family, ends in _model_ends(objective).items():
         if ends is None:

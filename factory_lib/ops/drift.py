@@ -94,6 +94,12 @@ def check_drift(
     prep = package.preprocessing
     outputs = torch.from_numpy(champion.outputs(x))
     targets = np.asarray(y)
+    if objective.task == "classification" and prep is not None and prep.classes is not None:
+        lookup = {str(c): i for i, c in enumerate(prep.classes)}
+        unknown = sorted({str(v) for v in targets} - set(lookup))
+        if unknown:
+            raise ValueError(f"labels the champion never saw: {', '.join(unknown[:5])}")
+        targets = np.asarray([lookup[str(v)] for v in targets])
     if objective.task == "classification":
         target_tensor = torch.from_numpy(targets.astype(np.int64))
     else:
@@ -112,8 +118,9 @@ def check_drift(
     drifted: list[tuple[int, float, float]] = []
     tested = 0
     if objective.data.module is None:  # a user module's raw training features are its own
-        train = load_splits(objective.data, objective.task).raw_x["train"]
-        train_flat, new_flat = train.reshape(len(train), -1), x.reshape(len(x), -1)
+        train = champion.export_input(load_splits(objective.data, objective.task).raw_x["train"])
+        new = champion.export_input(x)  # tables and images compared as the network sees them
+        train_flat, new_flat = train.reshape(len(train), -1), new.reshape(len(new), -1)
         tested = train_flat.shape[1]
         for i in range(tested):
             if np.ptp(train_flat[:, i]) == 0 and np.ptp(new_flat[:, i]) == 0:

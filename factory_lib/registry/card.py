@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from factory_lib import __version__
-from factory_lib.data import DataSummary
+from factory_lib.data import DataSummary, Preprocessing
 from factory_lib.objective import Objective
 from factory_lib.registry.gate import Champion, PromotionDecision
 
@@ -86,6 +86,10 @@ class ModelCard(_CardPart):
     exports: ExportSummary
     reproduce: str
     load: dict[str, str]
+    # What happens to raw inputs before the network (the exports take them encoded), and what
+    # the data source dropped or skipped; empty on cards from before these were recorded.
+    preprocessing: str = ""
+    data_notes: tuple[str, ...] = ()
 
     def to_markdown(self) -> str:
         """The card as people read it."""
@@ -131,6 +135,10 @@ class ModelCard(_CardPart):
             f"**Fingerprints.** data `{fp.data}`, evaluator `{fp.evaluator}`,",
             f"weights `{fp.weights}`, factory_lib {fp.factory_lib}.",
             "",
+            f"**Data.** {self.preprocessing or 'as the data module yields it'}"
+            + "".join(f"; {n}" for n in self.data_notes)
+            + ".",
+            "",
             f"**Exports.** {exports}.",
             "",
             f"**Reproduce.** `{self.reproduce}`",
@@ -150,6 +158,7 @@ def model_card(
     data: DataSummary,
     run_pathspec: str,
     exports: ExportSummary,
+    preprocessing: Preprocessing | None = None,
 ) -> ModelCard:
     """The card of a newly promoted champion (kept as an artifact; `to_markdown` for people)."""
     r = champion.record
@@ -194,12 +203,31 @@ def model_card(
             f"# or, this trial alone (params {json.dumps(r.proposal.params)}, seed "
             f"{r.proposal.seed}): {REPRODUCE_PYTHON}"
         ),
-        load={
-            "python": (
-                "from factory_lib.runs import load_champion; "
-                f'load_champion("{objective.name}").predict(X)'
-            ),
-            "torchscript": "torch.jit.load(path)(torch.from_numpy(X.astype('float32')))",
-            "onnx": "onnxruntime.InferenceSession(path).run(None, {'x': X.astype('float32')})[0]",
-        },
+        load=_load_snippets(objective),
+        preprocessing=preprocessing.describe() if preprocessing is not None else "",
+        data_notes=data.notes,
     )
+
+
+# What `predict` takes, per data source (docs/data.md).
+RAW_INPUTS = {
+    "dataset": "X",
+    "arrays": "X",
+    "table": "df",  # a DataFrame with the table's columns
+    "images": "[path, ...]",  # image files (or PIL images, or pixel arrays)
+    "module": "X",  # a batch of inputs as the data module's loaders yield them
+}
+
+
+def _load_snippets(objective: Objective) -> dict[str, str]:
+    raw = RAW_INPUTS[objective.data.source]
+    champion = f'load_champion("{objective.name}")'
+    # The exports take the encoded inputs: for tables and images, what export_input makes.
+    x = "X" if raw == "X" else f"{champion}.export_input({raw})"
+    return {
+        "python": f"from factory_lib.runs import load_champion; {champion}.predict({raw})",
+        "torchscript": f"torch.jit.load(path)(torch.from_numpy(({x}).astype('float32')))",
+        "onnx": (
+            f"onnxruntime.InferenceSession(path).run(None, {{'x': ({x}).astype('float32')}})[0]"
+        ),
+    }

@@ -1,8 +1,11 @@
 """Export: the champion as TorchScript and ONNX, preprocessing included, checked before kept.
 
-Each export takes raw feature arrays (float32, the data's input shape) and returns what
-`ChampionModel.predict` computes before its final step: class scores (argmax for the label)
-or the regression value in the target's own units. Loading one needs only torch (TorchScript)
+Each export takes the raw features as float32 arrays of the data's input shape (for a table,
+its rows encoded by `ChampionModel.export_input`: imputed, one-hot; for images, decoded
+pixels (N, C, H, W) in 0–255) and returns what `ChampionModel.predict` computes before its
+final step: class scores (argmax for the label) or the regression value in the target's own
+units. The standardisation is inside the graph; the encoding, which works on strings and
+files, is not, and the model card says what it is. Loading one needs only torch (TorchScript)
 or onnxruntime (ONNX): neither this repo's training code nor Metaflow.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +57,7 @@ class _Pipeline(nn.Module):
         return out
 
 
-def reference_outputs(champion: ChampionModel, x: np.ndarray) -> np.ndarray:
+def reference_outputs(champion: ChampionModel, x: Any) -> np.ndarray:
     """What the trained model computes for raw `x`, in the exports' output form."""
     out = champion.outputs(x)
     if champion.package.objective.task == "regression":
@@ -61,13 +65,13 @@ def reference_outputs(champion: ChampionModel, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def export_champion(
-    package: ModelPackage, sample: np.ndarray, tolerance: float = TOLERANCE
-) -> Exports:
-    """Export to TorchScript and ONNX; raise ExportMismatch if either disagrees on `sample`."""
+def export_champion(package: ModelPackage, sample: Any, tolerance: float = TOLERANCE) -> Exports:
+    """Export to TorchScript and ONNX; raise ExportMismatch if either disagrees on `sample`
+    (raw inputs, as `predict` takes them)."""
     champion = ChampionModel(package)
     pipeline = _Pipeline(champion).eval()
-    x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+    encoded = champion.export_input(sample)
+    x = torch.from_numpy(np.ascontiguousarray(encoded, dtype=np.float32))
     buf, onnx_buf = io.BytesIO(), io.BytesIO()
     # TorchScript and the TorchScript-based ONNX exporter are deprecated in torch 2.13, but
     # they are what loads with torch (or onnxruntime) alone, without Python model code.
@@ -95,8 +99,10 @@ def export_champion(
     )
     expected = reference_outputs(champion, sample)
     diffs = {
-        "torchscript": float(np.abs(run_torchscript(exports.torchscript, sample) - expected).max()),
-        "onnx": float(np.abs(run_onnx(exports.onnx, sample) - expected).max()),
+        "torchscript": float(
+            np.abs(run_torchscript(exports.torchscript, encoded) - expected).max()
+        ),
+        "onnx": float(np.abs(run_onnx(exports.onnx, encoded) - expected).max()),
     }
     bad = {k: v for k, v in diffs.items() if not v <= tolerance}
     if bad:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 
 from factory_lib.data.module import TensorDataModule, TrialData, build_trial_data
+from factory_lib.data.splits import DataSummary
 from factory_lib.fidelity import promotions, trial_epochs
 from factory_lib.objective import Objective
 from factory_lib.records import Proposal, TrialRecord, TrialResult
@@ -42,6 +44,7 @@ def train_group(
     references: Sequence[Sequence[float]] | Curves = (),
     history: Sequence[TrialRecord] = (),
     load_checkpoint: Callable[[Proposal], bytes] | None = None,
+    expected_data: DataSummary | None = None,
 ) -> list[TrialOutput]:
     """Run a group of proposals; one's failure, hang or crash never touches another.
 
@@ -51,7 +54,8 @@ def train_group(
     halving, trials promoted by their rank among `history` and this group continue here at
     once (factory_lib.fidelity), and a proposal that continues an earlier cycle's trial gets
     its checkpoint from `load_checkpoint`. Results come back in the order of `proposals`,
-    continuations after.
+    continuations after. With `expected_data` (the start step's description), data whose
+    split differs from it is refused before any trial.
 
     With `budget.isolate` (the default) the trials train in a worker process that is killed
     when one hangs past its deadline, and the rest go on in a fresh one
@@ -61,17 +65,17 @@ def train_group(
     _use_threads(threads)
     curves = Curves.of(references)
 
+    work = _Work(objective, proposals, threads, history, load_checkpoint, expected_data)
     if objective.budget.isolate:
 
         def job(done: dict[str, TrialOutput]) -> Job:
-            args = (objective, proposals, threads, curves, history, load_checkpoint, done)
-            return partial(_train_in_worker, *args)
+            return partial(_train_in_worker, work, curves, done)
 
         timeout_s = objective.budget.trial_timeout_s
         done = train_isolated(timeout_s, start_method(threads), job)
     else:
         done = {}
-        _train(objective, proposals, threads, curves, history, load_checkpoint, done, _InProcess())
+        _train(work, curves, done, _InProcess())
     asked = {p.trial_id for p in proposals}
     in_order = [done[p.trial_id] for p in proposals]
     in_order += [out for trial_id, out in done.items() if trial_id not in asked]
@@ -100,35 +104,31 @@ class _InProcess:
         pass
 
 
+@dataclass(frozen=True)
+class _Work:
+    """What a group trains, as `train_group` was asked."""
+
+    objective: Objective
+    proposals: Sequence[Proposal]
+    threads: int
+    history: Sequence[TrialRecord]
+    load_checkpoint: Callable[[Proposal], bytes] | None
+    expected_data: DataSummary | None
+
+
 def _train_in_worker(
-    objective: Objective,
-    proposals: Sequence[Proposal],
-    threads: int,
-    curves: Curves,
-    history: Sequence[TrialRecord],
-    load_checkpoint: Callable[[Proposal], bytes] | None,
-    done: dict[str, TrialOutput],
-    reporter: Reporter,
+    work: _Work, curves: Curves, done: dict[str, TrialOutput], reporter: Reporter
 ) -> None:
     """`_train` in a worker process, with a connection of its own to shared curves."""
-    board = curves.reconnected()
-    _train(objective, proposals, threads, board, history, load_checkpoint, done, reporter)
+    _train(work, curves.reconnected(), done, reporter)
 
 
-def _train(
-    objective: Objective,
-    proposals: Sequence[Proposal],
-    threads: int,
-    curves: Curves,
-    history: Sequence[TrialRecord],
-    load_checkpoint: Callable[[Proposal], bytes] | None,
-    done: dict[str, TrialOutput],
-    reporter: Reporter,
-) -> None:
+def _train(work: _Work, curves: Curves, done: dict[str, TrialOutput], reporter: Reporter) -> None:
     """Train the trials (and the promotions due) that `done` does not hold yet, adding each
     output to it: in a worker, `done` holds what an earlier worker finished or left behind."""
-    _use_threads(threads)
-    data = build_trial_data(objective)
+    objective, proposals, history = work.objective, work.proposals, work.history
+    _use_threads(work.threads)
+    data = build_trial_data(objective, work.expected_data)
 
     def count(out: TrialOutput) -> None:
         r = out.result
@@ -145,7 +145,7 @@ def _train(
 
     def train_alone(proposal: Proposal) -> None:
         reporter.started([stand_in(proposal, data)])
-        source = _checkpoint_source(proposal, done, load_checkpoint)
+        source = _checkpoint_source(proposal, done, work.load_checkpoint)
         finished([run_trial(objective, proposal, data, references=curves, checkpoint=source)])
 
     left = [p for p in proposals if p.trial_id not in done]
