@@ -39,8 +39,9 @@ class Checked:
     warnings: tuple[str, ...] = ()
 
 
-def check_objective(text: str, source: str) -> Checked:
-    """Parse and check objective YAML; raise ObjectiveError listing every problem found."""
+def check_objective(text: str, source: str, data: bool = True) -> Checked:
+    """Parse and check objective YAML; raise ObjectiveError listing every problem found. With
+    `data`, a table, image folder or array file is read and checked too."""
     objective, lines = parse_objective_lines(text, source)
     problems, builder_params = _user_code(objective)
     written = [path[1] for path in lines if len(path) == 2 and path[0] == "data"]
@@ -49,7 +50,7 @@ def check_objective(text: str, source: str) -> Checked:
     problems += param_problems(objective, builder_params)
     if objective.data.dataset is not None:
         problems += size_problems(objective, *BUNDLED_SHAPES[objective.data.dataset])
-    if objective.data.path is not None and not problems:
+    if data and objective.data.path is not None and not problems:
         problems += _data_problems(objective)
     if problems:
         raise refuse(source, problems, lines)

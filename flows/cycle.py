@@ -38,6 +38,7 @@ with a schedule or self-chaining from `--config deployment infra/deploy/<orchest
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from factory_lib.runs.env import datastore_problem, ensure_metaflow_user, local_worker_default
 
@@ -83,13 +84,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 CARD_TIMEOUT_S = 180
 
 
-def _objective_source() -> str:
-    """The objective file named on the command line, so errors can name it."""
+def _objective_source() -> str | None:
+    """The objective file named on the command line, so errors can name it and data paths
+    resolve against its folder; None where this process was not started from the command line
+    (metaflow.Runner parses configs in its caller too, and again in the run it starts)."""
     argv = sys.argv
     for i, arg in enumerate(argv[:-2]):
         if arg == "--config" and argv[i + 1] == "objective":
             return argv[i + 2]
-    return DEFAULT_OBJECTIVE
+    return DEFAULT_OBJECTIVE if Path(argv[0]).resolve() == Path(__file__).resolve() else None
 
 
 def parse_objective_config(text: str) -> dict[str, object]:
@@ -97,7 +100,8 @@ def parse_objective_config(text: str) -> dict[str, object]:
     (factory_lib.checks); its warnings are printed."""
     source = _objective_source()
     try:
-        checked = check_objective(text, source)
+        # Where the file is unknown, its data is read (and checked) in the run itself.
+        checked = check_objective(text, source or "<objective>", data=source is not None)
     except ObjectiveError as exc:
         raise MetaflowException(str(exc)) from None
     for warning in checked.warnings:

@@ -341,3 +341,14 @@ def test_bad_modules_get_the_factorys_own_messages(tmp_path: Path) -> None:
         objective = _load(_objective(tmp_path, {"module": f"tests.user_code.bad_modules:{name}"}))
         with pytest.raises(DataError, match=expected.replace("(", r"\(").replace(")", r"\)")):
             build_trial_data(objective)
+
+
+def test_one_family_without_a_family_parameter_builds_that_family() -> None:
+    from torch import nn
+
+    from factory_lib.models.builders import build_model
+    from factory_lib.objective import load_objective
+
+    objective = load_objective(EXAMPLE_DATA.parent.parent / "digits_arrays.yaml")  # cnn only
+    model = build_model(objective, {"channels": 8}, (1, 8, 8), 10)
+    assert any(isinstance(m, nn.Conv2d) for m in model.modules())

@@ -268,6 +268,11 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         for section, cut in CUT_BUDGET.items():
             spec[section] = {**spec.get(section, {}), **cut}
         (here / "objectives" / shipped.name).write_text(yaml.safe_dump(spec, sort_keys=False))
+    # The script that writes the example data (docs/data.md runs it), without that data.
+    ignore = shutil.ignore_patterns("data", "__pycache__")
+    shutil.copytree(
+        ROOT / "objectives" / "examples", here / "objectives" / "examples", ignore=ignore
+    )
     # The files the docs' commands name.
     (here / "my").mkdir()
     shutil.copy(here / "objectives" / "smoke.yaml", here / "my" / "objective.yaml")

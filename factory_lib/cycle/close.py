@@ -18,7 +18,6 @@ from typing import Literal
 from factory_lib.cycle.plan import CyclePlan
 from factory_lib.explore.summary import CycleSummary, best_val_reward, summarize
 from factory_lib.history import append, check_extends
-from factory_lib.objective import Objective
 from factory_lib.records import TrialRecord, TrialResult
 from factory_lib.registry import (
     ChampionBundle,
@@ -124,7 +123,7 @@ def measure_jobs(plan: CyclePlan, scored: ScoredCycle) -> list[MeasureJob]:
     k = objective.promotion.seeds
     challenger = challenger_of(scored.records)
     jobs: list[MeasureJob] = []
-    exportable = challenger is not None and no_export_reason(objective) is None
+    exportable = challenger is not None
     if challenger is not None and k > 1:
         jobs.append(MeasureJob("seeds", challenger.trial_id, challenger, k, export=exportable))
         champion = plan.champion
@@ -137,13 +136,6 @@ def measure_jobs(plan: CyclePlan, scored: ScoredCycle) -> list[MeasureJob]:
     elif challenger is not None and exportable:
         jobs.append(MeasureJob("export", challenger.trial_id))
     return jobs or [MeasureJob("none")]
-
-
-def no_export_reason(objective: Objective) -> str | None:
-    """Why a champion of this objective gets no exports (None: it gets them)."""
-    if objective.data.module is not None:
-        return "exports are made for bundled data sets, whose raw features are known"
-    return None
 
 
 def close_cycle(
@@ -171,7 +163,7 @@ def close_cycle(
     if decision.status == "promoted" and champion is not None:
         package = scored.candidate
         assert package is not None and package.trial_id == champion.trial_id
-        exports, summary = exports_of(champion.trial_id, measurements, objective)
+        exports, summary = exports_of(champion.trial_id, measurements)
         card = model_card(
             objective, champion, decision, plan.data, run_pathspec, summary, plan.preprocessing
         )
@@ -221,12 +213,9 @@ def close_cycle(
 
 
 def exports_of(
-    trial_id: str, measurements: Sequence[Measurement], objective: Objective
+    trial_id: str, measurements: Sequence[Measurement]
 ) -> tuple[Exports | None, ExportSummary]:
     """The export job's exports of the promoted trial, and what the card says of them."""
-    reason = no_export_reason(objective)
-    if reason is not None:
-        return None, ExportSummary(error=reason)
     for m in measurements:
         if m.job.trial_id == trial_id and m.export_summary:
             return m.exports, m.export_summary

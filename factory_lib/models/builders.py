@@ -16,7 +16,6 @@ from factory_lib.objective import Objective
 
 # Used when a parameter is neither in the search space nor fixed by the objective.
 DEFAULTS: dict[str, Any] = {
-    "family": "mlp",
     "depth": 2,
     "width": 128,
     "activation": "relu",
@@ -178,7 +177,7 @@ def build_model(
                 f"model.builder returned {type(model).__name__}, not an nn.Module"
             )
     else:
-        family = str(_param(params, "family"))
+        family = str(params.get("family", objective.model.families[0]))  # one family: it
         if family not in objective.model.families:
             raise ModelShapeError(
                 f"family {family!r} is not in model.families {objective.model.families}"

@@ -40,7 +40,7 @@ FUSABLE_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 def fuse_key(objective: Objective, params: dict[str, Any], epochs: int) -> tuple[Any, ...] | None:
     """Trials with equal keys can be fused; None for a trial that must train alone."""
-    p = {**DEFAULTS, **TRAINING_DEFAULTS, **params}
+    p = {**DEFAULTS, "family": objective.model.families[0], **TRAINING_DEFAULTS, **params}
     if objective.model.builder is not None or p["family"] != "mlp" or p["norm"] != "none":
         return None
     if p["optimizer"] not in FUSABLE_OPTIMIZERS:
