@@ -3,6 +3,9 @@ stream; bad data refused before any step, naming the file and the column (docs/d
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from factory_lib.data.module import SplitChanged, build_trial_data
 from factory_lib.data.sources import DataError
 from factory_lib.data.splits import DataLeakError, load_splits
 from factory_lib.objective import Objective, ObjectiveError
+from tests.aws import Aws
 from tests.conftest import EXAMPLE_DATA
 
 PENGUINS = EXAMPLE_DATA / "penguins.csv"  # written by conftest's example_data
@@ -352,3 +356,38 @@ def test_one_family_without_a_family_parameter_builds_that_family() -> None:
     objective = load_objective(EXAMPLE_DATA.parent.parent / "digits_arrays.yaml")  # cnn only
     model = build_model(objective, {"channels": 8}, (1, 8, 8), 10)
     assert any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@pytest.mark.slow
+def test_a_table_on_s3_is_read_with_the_datastores_client(aws: Aws, tmp_path: Path) -> None:
+    """`table: s3://...` through Metaflow's S3 client, against a local moto server."""
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="team-data")
+    s3.upload_file(str(PENGUINS), "team-data", "tables/penguins.csv")
+
+    def check(table: str) -> subprocess.CompletedProcess[str]:
+        path = _objective(tmp_path, {"table": table, "target": "species"})
+        return subprocess.run(
+            [sys.executable, "-m", "factory_lib.ops.cli", "check", str(path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **aws.env},
+            timeout=300,
+            check=False,
+        )
+
+    found = check("s3://team-data/tables/penguins.csv")
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert "data penguins.csv: train 223, val 52, test 69 rows" in found.stdout
+    missing = check("s3://team-data/tables/nope.csv")
+    assert missing.returncode != 0
+    assert "s3://team-data/tables/nope.csv: no such object" in missing.stdout + missing.stderr
+
+
+def test_drift_reads_a_table_with_its_target_column() -> None:
+    from factory_lib.ops.drift import load_labelled
+
+    x, y = load_labelled(PENGUINS, "species")
+    assert "species" not in x.columns and len(x) == len(y) == 344
+    with pytest.raises(ValueError, match="no column 'kind'"):
+        load_labelled(PENGUINS, "kind")

@@ -50,6 +50,7 @@ class Loaded:
     y: np.ndarray
     classes: tuple[str | int, ...] | None
     encoder: TableEncoder | ImageEncoder | None
+    categorical: tuple[str, ...] = ()  # a table's columns to one-hot
     split: np.ndarray | None = None  # "train"/"val"/"test" per row, where the data decides
     groups: np.ndarray | None = None  # no group spans two splits
     notes: tuple[str, ...] = field(default=())  # what was dropped or skipped, with counts
@@ -309,6 +310,7 @@ def load_table(spec: DataSpec, task: str) -> Loaded:
         y=y,
         classes=classes,
         encoder=None,  # fitted on the training split once it is known
+        categorical=tuple(categorical),
         split=split,
         groups=groups,
         notes=tuple(notes),
@@ -487,7 +489,9 @@ def load_arrays(spec: DataSpec, task: str) -> Loaded:
             f"{path}: 'x' holds NaN or infinity in {int(bad.sum())} rows (first: row "
             f"{int(bad.nonzero()[0][0])}); arrays are used as they are, so fill or drop them"
         )
-    y, classes = _targets(raw_y.reshape(len(raw_y), -1)[:, 0], task, f"{path}: array 'y'")
+    if raw_y.ndim > 1 and raw_y.reshape(len(raw_y), -1).shape[1] != 1:
+        raise DataError(f"{path}: 'y' must hold one target per row; its shape is {raw_y.shape}")
+    y, classes = _targets(raw_y.reshape(-1), task, f"{path}: array 'y'")
     if classes is not None and list(classes) == list(range(len(classes))):
         classes = None  # 0..k-1 already: predict returns the indices
     return Loaded(x=x.astype(np.float32), y=y, classes=classes, encoder=None, split=split)

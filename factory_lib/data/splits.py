@@ -246,7 +246,8 @@ def load_splits(spec: DataSpec, task: str) -> Splits:
         if len(keep) < len(data.y):
             if spec.dataset is None:
                 notes.append(f"dropped {len(data.y) - len(keep)} exact repeats of earlier rows")
-            data = replace(data, x=_take(data.x, keep), y=data.y[keep])
+            groups = data.groups[keep] if data.groups is not None else None
+            data = replace(data, x=_take(data.x, keep), y=data.y[keep], groups=groups)
     if task == "classification":
         _check_classes(spec, data, where)
     idx = _split_indices(spec, task, data)
@@ -261,8 +262,7 @@ def load_splits(spec: DataSpec, task: str) -> Splits:
         )
     encoder = data.encoder
     if spec.table is not None:
-        categorical = [c for c in raw["train"][0].columns if raw["train"][0][c].dtype == "string"]
-        encoder = TableEncoder.fit(raw["train"][0], categorical)
+        encoder = TableEncoder.fit(raw["train"][0], data.categorical)
     encode = encoder.encode if encoder is not None else np.asarray
     encoded = {k: np.asarray(encode(v[0]), np.float32) for k, v in raw.items()}
     shape: tuple[int, ...] = (

@@ -154,8 +154,8 @@ def drift_command(args: argparse.Namespace) -> int:
     """Score the champion on new labelled data; exit 0 either way, the report says."""
     from factory_lib.ops.drift import check_drift, load_labelled
 
-    _cycles(args.objective)
-    report = check_drift(args.objective, *load_labelled(args.data), FLOW_NAME)
+    data = _cycles(args.objective)[-1].objective.data
+    report = check_drift(args.objective, *load_labelled(args.data, data.target), FLOW_NAME)
     print(report.model_dump_json(indent=1) if args.json else "\n".join(report.lines()))
     return 0
 

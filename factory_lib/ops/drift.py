@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -54,9 +55,17 @@ class DriftReport(BaseModel):
         ]
 
 
-def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Features and targets from .npz (arrays `x` and `y`) or .csv (target in the last column)."""
+def load_labelled(path: str | Path, target: str | None = None) -> tuple[Any, np.ndarray]:
+    """Features and targets from .npz (arrays `x` and `y`) or .csv (target in the last column);
+    for an objective on a table (`target` its column), the rows of a .csv or .parquet file."""
     p = Path(path)
+    if target is not None:
+        import pandas as pd
+
+        df = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+        if target not in df.columns:
+            raise ValueError(f"{p}: no column {target!r} (the objective's target)")
+        return df.drop(columns=[target]), df[target].to_numpy()
     if p.suffix == ".npz":
         with np.load(p) as data:
             if "x" not in data or "y" not in data:
@@ -77,7 +86,7 @@ def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_drift(
-    objective_name: str, x: np.ndarray, y: np.ndarray, flow_name: str = "CycleFlow"
+    objective_name: str, x: Any, y: np.ndarray, flow_name: str = "CycleFlow"
 ) -> DriftReport:
     """Score the champion on new labelled data and test its features for drift."""
     import torch

@@ -111,7 +111,8 @@ def loop(args: argparse.Namespace) -> int:
     if args.drift_data:
         from factory_lib.ops.drift import check_drift, load_labelled
 
-        report = check_drift(objective.name, *load_labelled(args.drift_data), FLOW_NAME)
+        labelled = load_labelled(args.drift_data, objective.data.target)
+        report = check_drift(objective.name, *labelled, FLOW_NAME)
         print("\n".join(report.lines()), file=out)
         if not report.warranted:
             print("stop: no drift, no cycle started", file=out)
