@@ -55,3 +55,17 @@ def test_pruning_benchmark_compares_arms_and_cycles() -> None:
 def test_isolation_benchmark_times_every_arm() -> None:
     report = run_benchmark("isolation.py", "--trials", "1", "--repeats", "1")
     assert set(report["median_group_s"]["1"]) == {"in-process", "fork", "spawn"}
+
+
+@pytest.mark.slow
+def test_data_benchmark_trains_one_epoch_over_every_streamed_row() -> None:
+    report = run_benchmark("data.py", "--quick")
+    assert report["status"] == "ok" and report["epochs"] == 1
+    # The check pass and the epoch each read the whole training file, once.
+    assert report["check_rows"] == report["epoch_rows"] == report["train_rows"]
+    # float32 x and int64 y, after two 128-byte .npy headers: the file holds every row.
+    assert report["train_bytes"] == report["train_rows"] * (report["features"] * 4 + 8) + 2 * 128
+    # The task and its trial worker were both measured, and the largest is one of them.
+    assert report["most_processes"] >= 2
+    assert 0 < report["peak_largest_process_rss_mib"] < report["peak_rss_mib"]
+    assert report["val_accuracy"] > 1 / 10  # the rule is learnable: better than chance
