@@ -82,6 +82,9 @@ NOT_RUN: dict[str, str] = {
         "writes its plots into docs/; tests/test_benchmarks.py runs it shrunk, plots elsewhere"
     ),
     "python benchmarks/pruning.py": "minutes; tests/test_benchmarks.py runs it shrunk",
+    "python benchmarks/data.py": (
+        "writes 12 GiB and trains on it for minutes; tests/test_benchmarks.py runs it --quick"
+    ),
 }
 # A doc's command → (what runs instead, why).
 CHANGED: dict[str, tuple[str, str]] = {
