@@ -79,7 +79,7 @@ def _data_problems(objective: Objective) -> list[Problem]:
     try:
         summary = load_splits(objective.data, objective.task).summary
     except DataError as exc:
-        return [Problem(f"data.{objective.data.source}", str(exc))]
+        return [Problem(exc.field or f"data.{objective.data.source}", str(exc))]
     return size_problems(objective, summary.input_shape, summary.n_outputs)
 
 

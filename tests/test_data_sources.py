@@ -82,7 +82,7 @@ def test_missing_target_column_is_named(tmp_path: Path) -> None:
     name = _table(tmp_path, _rows())
     msg = _refused(_objective(tmp_path, {"table": name, "target": "knd"}))
     assert "t.csv" in msg and "no column 'knd'" in msg and "did you mean 'kind'" in msg
-    assert "line 4, data.table" in msg
+    assert "line 5, data.target: " in msg  # the line of `target:` in the objective
 
 
 def test_target_with_missing_values_is_refused_or_dropped_with_a_count(tmp_path: Path) -> None:

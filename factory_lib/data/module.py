@@ -274,14 +274,15 @@ def _user_datamodule(objective: Objective, expected: DataSummary | None) -> Tria
         return check
 
     held = {k: _scan(loaders[k], True, None, check_y(k))[0] for k in ("val", "test")}
-    seen = np.unique(np.concatenate([h for k in held for h in held[k].hashes]))
-    train, leaked = _scan(loaders["train"], False, seen, check_y("train"))
-    val_rows: np.ndarray = np.concatenate(held["val"].hashes)
-    test_rows: np.ndarray = np.concatenate(held["test"].hashes)
-    inner = len(np.intersect1d(val_rows, test_rows))
-    for k, scan in (("train", train), *held.items()):
+    for k, scan in held.items():
         if scan.rows == 0:
             raise DataModuleError(f"{where}: {k}_dataloader() yields no example")
+    val_rows: np.ndarray = np.concatenate(held["val"].hashes)
+    test_rows: np.ndarray = np.concatenate(held["test"].hashes)
+    train, leaked = _scan(
+        loaders["train"], False, np.union1d(val_rows, test_rows), check_y("train")
+    )
+    inner = len(np.intersect1d(val_rows, test_rows))
     if leaked or inner:
         raise DataLeakError(
             f"{where}: splits share examples: {leaked} training rows are in val or test, "

@@ -35,7 +35,12 @@ _NUMERIC_SHARE = 0.5
 
 
 class DataError(ValueError):
-    """Data that cannot be used; the message names the file and the column or key."""
+    """Data that cannot be used; the message names the file and the column or key, and
+    `field` the objective's field it concerns where one does ("data.target")."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -218,8 +223,9 @@ def _read_table(path: str) -> pd.DataFrame:
 def _column(df: pd.DataFrame, name: str, path: str, role: str) -> None:
     if name not in df.columns:
         raise DataError(
-            f"{path}: no column {name!r} ({role}){_similar(name, list(df.columns))}; "
-            f"columns: {', '.join(map(str, df.columns))}"
+            f"{path}: no column {name!r}{_similar(name, list(df.columns))}; "
+            f"columns: {', '.join(map(str, df.columns))}",
+            field=role,
         )
 
 
@@ -238,7 +244,10 @@ def _categorical(df: pd.DataFrame, spec: DataSpec, features: list[str], path: st
         for c in spec.categorical:
             if c not in features:
                 _column(df, c, path, "data.categorical")
-                raise DataError(f"{path}: data.categorical names {c!r}, which is not a feature")
+                raise DataError(
+                    f"{path}: data.categorical names {c!r}, which is not a feature",
+                    field="data.categorical",
+                )
         return list(spec.categorical)
     found = []
     for c in features:
@@ -273,7 +282,8 @@ def load_table(spec: DataSpec, task: str) -> Loaded:
             raise DataError(
                 f"{path}: column {spec.target!r} (the target) is missing in {int(missing_y.sum())}"
                 f" of {len(df)} rows (first: row {int(missing_y.to_numpy().nonzero()[0][0])}); "
-                "fill them, or set data.missing_target: drop to train without those rows"
+                "fill them, or set data.missing_target: drop to train without those rows",
+                field="data.target",
             )
         notes.append(f"dropped {int(missing_y.sum())} rows with no {spec.target!r} (the target)")
         df = df[~missing_y].reset_index(drop=True)
@@ -302,7 +312,8 @@ def load_table(spec: DataSpec, task: str) -> Loaded:
         if odd:
             raise DataError(
                 f"{path}: column {spec.split_column!r} (the split) holds {', '.join(odd[:5])}; "
-                "each value must be train, val or test"
+                "each value must be train, val or test",
+                field="data.split_column",
             )
     groups = df[spec.group_column].astype("string").to_numpy() if spec.group_column else None
     return Loaded(
