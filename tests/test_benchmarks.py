@@ -69,3 +69,16 @@ def test_data_benchmark_trains_one_epoch_over_every_streamed_row() -> None:
     assert report["most_processes"] >= 2
     assert 0 < report["peak_largest_process_rss_mib"] < report["peak_rss_mib"]
     assert report["val_accuracy"] > 1 / 10  # the rule is learnable: better than chance
+
+
+@pytest.mark.slow
+def test_history_benchmark_measures_each_chained_cycle_outside_training() -> None:
+    report = run_benchmark("history.py", "--cycles", "2", "--trials", "1", "--epochs", "1")
+    cycles = report["cycles"]
+    assert [c["cycle"] for c in cycles] == [1, 2]  # chained: the second continued the first
+    assert [c["history"] for c in cycles] == [1, 2]
+    for c in cycles:
+        assert 0 < c["training_s"] < c["wall_s"]
+        assert c["outside_training_s"] == pytest.approx(c["wall_s"] - c["training_s"], abs=0.02)
+        assert {"start", "train", "join", "end"} <= set(c["step_seconds"])
+    assert report["late_over_early"] is not None
