@@ -48,7 +48,8 @@ class ScoredCycle:
 
 @dataclass(frozen=True)
 class MeasureJob:
-    """One task of the measure step: re-train a trial with `seeds - 1` other seeds (and, with
+    """One task of the measure step: re-train a trial with other seeds (`again`: which of the
+    `seeds - 1` re-trainings, one per task so they run side by side on one thread each; with
     `export`, export it too: one process and one import of Lightning for both), export the
     challenger, or nothing (a foreach needs at least one task)."""
 
@@ -57,11 +58,13 @@ class MeasureJob:
     record: TrialRecord | None = None
     seeds: int = 0
     export: bool = False
+    again: tuple[int, ...] = ()
 
     def describe(self) -> str:
         if self.kind == "seeds":
             also = " and export it" if self.export else ""
-            return f"re-measure {self.trial_id} over {self.seeds} seeds{also}"
+            which = ", ".join(f"#{j}" for j in self.again)
+            return f"re-train {self.trial_id} with seed {which} of {self.seeds}{also}"
         if self.kind == "export":
             return f"export {self.trial_id} (TorchScript, ONNX)"
         return "nothing to measure"
@@ -69,11 +72,11 @@ class MeasureJob:
 
 @dataclass(frozen=True)
 class Measurement:
-    """What one measure task found: held-out values over seeds (the trial's own first), or the
-    challenger's checked exports and what the card says of them."""
+    """What one measure task found: held-out values of its re-trainings, or the challenger's
+    checked exports and what the card says of them."""
 
     job: MeasureJob
-    values: tuple[float, ...] = ()
+    values: tuple[float | None, ...] = ()  # one per re-training in job.again (None: it failed)
     exports: Exports | None = None
     export_summary: ExportSummary | None = None
 
@@ -125,14 +128,20 @@ def measure_jobs(plan: CyclePlan, scored: ScoredCycle) -> list[MeasureJob]:
     jobs: list[MeasureJob] = []
     exportable = challenger is not None
     if challenger is not None and k > 1:
-        jobs.append(MeasureJob("seeds", challenger.trial_id, challenger, k, export=exportable))
+        jobs += [
+            MeasureJob("seeds", challenger.trial_id, challenger, k, exportable and j == 1, (j,))
+            for j in range(1, k)
+        ]
         champion = plan.champion
         if champion is not None and (
             len(champion.seed_values) < k
             or champion.evaluator
             != (challenger.result.evaluator, challenger.result.data_fingerprint)
         ):
-            jobs.append(MeasureJob("seeds", champion.trial_id, champion.record, k))
+            jobs += [
+                MeasureJob("seeds", champion.trial_id, champion.record, k, again=(j,))
+                for j in range(1, k)
+            ]
     elif challenger is not None and exportable:
         jobs.append(MeasureJob("export", challenger.trial_id))
     return jobs or [MeasureJob("none")]
@@ -148,12 +157,18 @@ def close_cycle(
     """Run the promotion gate on the measurements; describe a new champion, extend the log."""
     objective = plan.objective
     metric = objective.promotion_metric
-    measured = {m.job.trial_id: m.values for m in measurements if m.job.kind == "seeds"}
+    again: dict[str, list[tuple[int, float | None]]] = {}  # trial → (re-training, value)
+    for m in measurements:
+        if m.job.kind == "seeds":
+            again.setdefault(m.job.trial_id, []).extend(zip(m.job.again, m.values, strict=True))
 
     def measure(record: TrialRecord, k: int) -> tuple[float, ...]:
-        # a re-measurement whose task was lost leaves the trial's own value alone
+        # the trial's own value first, then its re-trainings in order; a re-training whose
+        # task was lost (or failed) is left out
         own = record.result.evaluation.metrics("test")[metric] if record.result.evaluation else None
-        return measured.get(record.trial_id) or tuple(v for v in (own,) if v is not None)
+        redone = sorted(again.get(record.trial_id, []), key=lambda pair: pair[0])
+        values = (own, *(v for _, v in redone))
+        return tuple(v for v in values if v is not None)
 
     decision, champion = decide(objective, plan.champion, scored.records, measure)
     previous = plan.previous

@@ -26,10 +26,10 @@ def run_job(
     plan: CyclePlan, job: MeasureJob, candidate: ModelPackage | None, concurrent_tasks: int = 1
 ) -> Measurement:
     """Do one measure job; a failed re-training or export is part of the measurement."""
-    values: tuple[float, ...] = ()
+    values: tuple[float | None, ...] = ()
     if job.kind == "seeds":
         assert job.record is not None
-        values = seed_values(plan.objective, job.record, job.seeds, concurrent_tasks, plan.data)
+        values = seed_values(plan.objective, job.record, job.again, concurrent_tasks, plan.data)
     if job.kind != "export" and not job.export:
         return Measurement(job, values=values)
     assert candidate is not None and candidate.trial_id == job.trial_id
@@ -40,11 +40,12 @@ def run_job(
 def seed_values(
     objective: Objective,
     record: TrialRecord,
-    k: int,
+    again: tuple[int, ...],
     concurrent_tasks: int = 1,
     expected_data: DataSummary | None = None,
-) -> tuple[float, ...]:
-    """A trial's held-out metric, its own and over `k - 1` retrainings with other seeds."""
+) -> tuple[float | None, ...]:
+    """A trial's held-out metric re-trained with other seeds: one value per re-training in
+    `again` (its index j picks the seed), None where that re-training failed."""
     from factory_lib.train.group import train_group  # torch and Lightning: only where a job trains
 
     copies = [
@@ -57,18 +58,17 @@ def seed_values(
                 "checkpoint": None,
             }
         )
-        for j in range(1, k)
+        for j in again
     ]
     metric = objective.promotion_metric
-    own = record.result.evaluation.metrics("test")[metric] if record.result.evaluation else None
-    again = [
+    return tuple(
         o.result.evaluation.metrics("test")[metric]
+        if o.result.status == "ok" and o.result.evaluation is not None
+        else None
         for o in train_group(
             objective, copies, concurrent_tasks=concurrent_tasks, expected_data=expected_data
         )
-        if o.result.status == "ok" and o.result.evaluation is not None
-    ]
-    return tuple(v for v in (own, *again) if v is not None)
+    )
 
 
 def export_sample(objective: Objective) -> Any:

@@ -96,6 +96,12 @@ def plan_cycle(
     data, preprocessing = describe_data(objective)
     notices = list(chain.notices)
     notices += [f"data {data.name}: {note}" for note in data.notes]  # skipped files, dropped rows
+    seeds = objective.promotion.seeds
+    if seeds > 1:  # announced: training that the cycle pays for after its trials
+        notices.append(
+            f"promotion gate: the challenger is re-trained {seeds - 1} more time(s) with other "
+            f"seeds (promotion.seeds: {seeds}), one measure task each, before it can be promoted"
+        )
     if previous and (from_run or chain.retired_cycles != previous.retired_cycles):
         how = f"--from-run {from_run}: continuing" if from_run else "continuing"
         notices.append(
