@@ -109,7 +109,7 @@ def test_noise_is_not_promoted_and_a_clear_gain_is(tmp_path: Path) -> None:
     # only measure trains: each trial the gate listed, again with the other two seeds; the
     # steps around it train nothing
     listed = clear_run["gate"].task.data.measure_jobs
-    remeasured = [job.trial_id for job in listed if job.kind == "seeds"]
+    remeasured = {job.trial_id for job in listed if job.kind == "seeds"}  # a job per seed
     assert clear.champion.trial_id in remeasured
     trained = sorted(t for task in clear_run["measure"] for t in trained_in(task))
     assert trained == sorted(f"{t}-s{j}" for t in remeasured for j in (1, 2))
