@@ -11,7 +11,8 @@
              append-only history
     gate     list what the promotion gate needs measured, and fan it out
     measure  with train's resources: re-train the challenger (and the champion) over seeds,
-             export the challenger; a task with nothing to do imports no Lightning
+             export the challenger; a task with nothing to do imports no Lightning (while
+             there is no champion, train tasks re-measure their group's best where cheaper)
     decide   the champion/challenger gate on those measurements, a new champion's model card
     end      render the cycle card; tag the run `objective:<name>` so the next cycle chains;
              give the lease back
@@ -38,6 +39,7 @@ with a schedule or self-chaining from `--config deployment infra/deploy/<orchest
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from factory_lib.runs.env import datastore_problem, ensure_metaflow_user, local_worker_default
@@ -209,7 +211,11 @@ class CycleFlow(FlowSpec):
     @on_train_resources(TRAIN_TIMEOUT, error_var="train_error")
     @step
     def train(self) -> None:
-        """Train and evaluate this group's trials; each outcome becomes a TrialResult."""
+        """Train and evaluate this group's trials; each outcome becomes a TrialResult. While
+        the search has no champion, re-measure and export the group's best where that is
+        cheaper than a measure task (factory_lib.cycle.measure.measure_in_train)."""
+        entered = time.time()
+        from factory_lib.cycle.measure import measure_in_train
         from factory_lib.cycle.plan import pruning_curves
         from factory_lib.records import Proposal
         from factory_lib.runs.client import stored_checkpoint
@@ -235,6 +241,7 @@ class CycleFlow(FlowSpec):
         self.trial_checkpoints = {
             o.result.proposal.trial_id: o.checkpoint for o in outputs if o.checkpoint is not None
         }
+        self.measured = measure_in_train(self.plan, outputs, entered, len(self.trial_groups))
         self.next(self.join)
 
     @step
@@ -269,6 +276,9 @@ class CycleFlow(FlowSpec):
         }
         self.scored = score_cycle(self.plan, results, weights.__getitem__)
         self.records, self.history = self.scored.records, self.scored.history
+        self.measured_in_train = [
+            m for inp in inputs if (m := getattr(inp, "measured", None)) is not None
+        ]
         self.next(self.gate)
 
     @step
@@ -276,7 +286,7 @@ class CycleFlow(FlowSpec):
         """List what the promotion gate must measure and fan it out (a join cannot split)."""
         from factory_lib.cycle.close import measure_jobs
 
-        self.measure_jobs = measure_jobs(self.plan, self.scored)
+        self.measure_jobs = measure_jobs(self.plan, self.scored, self.measured_in_train)
         print("; ".join(job.describe() for job in self.measure_jobs))
         self.next(self.measure, foreach="measure_jobs")
 
@@ -300,10 +310,14 @@ class CycleFlow(FlowSpec):
         self.plan, self.proposals = first.plan, first.proposals
         self.mix, self.llm_report = first.mix, first.llm_report
         self.scored, self.records, self.history = first.scored, first.records, first.history
+        self.measured_in_train = first.measured_in_train
         outcome = close_cycle(
             self.plan,
             self.scored,
-            [inp.measurement for inp in inputs if hasattr(inp, "measurement")],
+            [
+                *self.measured_in_train,
+                *(inp.measurement for inp in inputs if hasattr(inp, "measurement")),
+            ],
             self.llm_report.usd if self.llm_report else 0.0,
             run_pathspec=f"{current.flow_name}/{current.run_id}",
         )

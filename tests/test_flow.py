@@ -130,3 +130,26 @@ def test_resume_after_kill_mid_foreach_gives_the_same_records(tmp_path: Path) ->
     data = _end(resumed)
     assert [_comparable(r) for r in data.history] == [_comparable(r) for r in reference.history]
     assert data.champion.trial_id == reference.champion.trial_id
+
+
+def test_the_first_champion_is_re_measured_where_its_trials_trained(tmp_path: Path) -> None:
+    # One train task: its best trial is the cycle's challenger, so the gate finds the first
+    # champion re-trained over seeds and exported already, and the measure step trains nothing.
+    objective = write_objective(
+        tmp_path,
+        "flow-measure-in-train",
+        budget={"trials_per_cycle": 2, "group_size": 2},
+        promotion={"seeds": 3},
+    )
+    run = run_cycle(objective, fresh=True)
+    end = _end(run)
+    [train] = run["train"]
+    challenger = end.champion.trial_id
+    assert sorted(trained_in(train)) == sorted(
+        [r.trial_id for r in end.records] + [f"{challenger}-s1", f"{challenger}-s2"]
+    )
+    assert run["gate"].task.data.measure_jobs == [MeasureJob("none")]
+    assert trained_in(run["measure"].task) == []
+    assert end.decision.status == "promoted" and len(end.champion.seed_values) == 3
+    assert end.exports is not None and end.exports.trial_id == challenger
+    assert set(end.model_card.exports.max_abs_diff) == {"torchscript", "onnx"}

@@ -119,31 +119,34 @@ def score_cycle(
     return ScoredCycle(records=records, history=history, candidate=candidate)
 
 
-def measure_jobs(plan: CyclePlan, scored: ScoredCycle) -> list[MeasureJob]:
+def measure_jobs(
+    plan: CyclePlan, scored: ScoredCycle, done: Sequence[Measurement] = ()
+) -> list[MeasureJob]:
     """What the gate will need: the challenger and (where its values are too few or from another
-    evaluator) the champion re-trained over seeds, and the challenger's export."""
-    objective = plan.objective
-    k = objective.promotion.seeds
+    evaluator) the champion re-trained over seeds, and the challenger's export; less what the
+    train tasks already measured (`done`: factory_lib.cycle.measure.measure_in_train)."""
+    k = plan.objective.promotion.seeds
     challenger = challenger_of(scored.records)
+    if challenger is None:
+        return [MeasureJob("none")]
+    trial_id = challenger.trial_id
+    if k < 2:
+        return [MeasureJob("export", trial_id)]
     jobs: list[MeasureJob] = []
-    exportable = challenger is not None
-    if challenger is not None and k > 1:
+    measured = next((m for m in done if m.job.trial_id == trial_id), None)
+    if measured is None:
+        jobs += [MeasureJob("seeds", trial_id, challenger, k, j == 1, (j,)) for j in range(1, k)]
+    elif not measured.export_summary:
+        jobs.append(MeasureJob("export", trial_id))
+    champion = plan.champion
+    if champion is not None and (
+        len(champion.seed_values) < k
+        or champion.evaluator != (challenger.result.evaluator, challenger.result.data_fingerprint)
+    ):
         jobs += [
-            MeasureJob("seeds", challenger.trial_id, challenger, k, exportable and j == 1, (j,))
+            MeasureJob("seeds", champion.trial_id, champion.record, k, again=(j,))
             for j in range(1, k)
         ]
-        champion = plan.champion
-        if champion is not None and (
-            len(champion.seed_values) < k
-            or champion.evaluator
-            != (challenger.result.evaluator, challenger.result.data_fingerprint)
-        ):
-            jobs += [
-                MeasureJob("seeds", champion.trial_id, champion.record, k, again=(j,))
-                for j in range(1, k)
-            ]
-    elif challenger is not None and exportable:
-        jobs.append(MeasureJob("export", challenger.trial_id))
     return jobs or [MeasureJob("none")]
 
 

@@ -2,19 +2,30 @@
 
 Training and exporting import torch and Lightning; a task with nothing to do imports neither,
 so those imports sit in the branch that needs them.
+
+The first champion is promoted whatever its seeds say (there is nothing to beat), so its
+re-measurement can start before the join knows which trial it is: each train task re-trains
+its own group's best and exports it (`measure_in_train`) when that costs less than a measure
+task's start-up, and the gate lists only what is still missing.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from factory_lib.cycle.close import MeasureJob, Measurement
+from factory_lib.cycle.close import MeasureJob, Measurement, package_of
 from factory_lib.cycle.plan import CyclePlan
 from factory_lib.data import DataSummary, load_splits
 from factory_lib.objective import Objective
 from factory_lib.records import TrialRecord
 from factory_lib.registry import Exports, ModelPackage
 from factory_lib.registry.card import ExportSummary
+from factory_lib.registry.gate import challenger_of
+from factory_lib.reward import flags, score
+
+if TYPE_CHECKING:
+    from factory_lib.train.trial import TrialOutput
 
 # Seeds of a trial's re-measurements: far from the search's own trial seeds.
 SEED_STRIDE = 100_003
@@ -34,6 +45,51 @@ def run_job(
         return Measurement(job, values=values)
     assert candidate is not None and candidate.trial_id == job.trial_id
     exports, summary = export_or_note(candidate, plan.objective)
+    return Measurement(job, values=values, exports=exports, export_summary=summary)
+
+
+def measure_in_train(
+    plan: CyclePlan,
+    outputs: Sequence[TrialOutput],
+    entered: float,
+    concurrent_tasks: int = 1,
+) -> Measurement | None:
+    """In a train task, after its trials: while the search has no champion, re-train the
+    group's best trial over the gate's seeds and export it, so the measure step has nothing
+    left to do if it becomes the first champion, which it does whenever it is the cycle's
+    challenger. Done only when those re-trainings take less time than this task took to start
+    (`entered`: when its step began; a measure task would pay that start-up again); None
+    otherwise, and the gate lists the jobs as before."""
+    objective = plan.objective
+    k = objective.promotion.seeds
+    if plan.champion is not None or k < 2 or not outputs:
+        return None
+    records = [score(objective, o.result) for o in outputs]
+    records = [
+        r.model_copy(update={"flags": flags(objective, r, [*plan.history, *records[:i]])})
+        for i, r in enumerate(records)
+    ]
+    best = challenger_of(records)
+    if best is None or best.result.evaluation is None:
+        return None
+    startup = min(o.result.started_at for o in outputs) - entered
+    cost = (k - 1) * best.result.evaluation.train_seconds
+    if cost > startup:
+        print(
+            f"{best.trial_id}: its {k - 1} re-training(s) (~{cost:.1f} s) are left to a measure "
+            f"task: they would take longer here than this task took to start ({startup:.1f} s)"
+        )
+        return None
+    print(
+        f"{best.trial_id}, this group's best: re-trained with {k - 1} more seed(s) and exported "
+        f"here, in case it becomes the first champion (~{cost:.1f} s; a measure task takes "
+        f"~{startup:.1f} s to start)"
+    )
+    weights = {o.result.weights_sha: o.weights for o in outputs if o.weights is not None}
+    again = tuple(range(1, k))
+    job = MeasureJob("seeds", best.trial_id, best, k, export=True, again=again)
+    values = seed_values(objective, best, again, concurrent_tasks, plan.data)
+    exports, summary = export_or_note(package_of(plan, best, weights.__getitem__), objective)
     return Measurement(job, values=values, exports=exports, export_summary=summary)
 
 

@@ -101,6 +101,12 @@ def plan_cycle(
         notices.append(
             f"promotion gate: the challenger is re-trained {seeds - 1} more time(s) with other "
             f"seeds (promotion.seeds: {seeds}), one measure task each, before it can be promoted"
+            + (
+                "; the first champion's in its train task after the trials, where that is "
+                "quicker than starting a measure task"
+                if previous is None or previous.champion is None
+                else ""
+            )
         )
     if previous and (from_run or chain.retired_cycles != previous.retired_cycles):
         how = f"--from-run {from_run}: continuing" if from_run else "continuing"

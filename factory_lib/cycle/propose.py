@@ -1,6 +1,6 @@
 """The start step's proposals: the lease and plan (`cycle.plan`), then the proposers' trials,
-grouped for the train foreach. Imports the proposers (Optuna, the `anthropic` SDK), which no
-later step needs.
+grouped for the train foreach. Imports the proposers (Optuna; the `anthropic` SDK only when
+Claude proposes this cycle), which no later step needs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from factory_lib.cycle.plan import CyclePlan, plan_cycle
 from factory_lib.fidelity import promotions
 from factory_lib.objective import Objective
 from factory_lib.propose.base import renumber, seen_by_proposers
-from factory_lib.propose.llm.client import LLMProposer
 from factory_lib.propose.llm.report import KEY_VARIABLE, LLMReport
 from factory_lib.propose.mix import Mix, llm_mix
 from factory_lib.propose.optuna_proposer import OptunaProposer
@@ -71,6 +70,9 @@ def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
         mix = llm_mix(objective.proposers.llm, plan.history)
         n_llm, _ = mix.split(n)
         if n_llm:
+            # the SDK takes a second to import: only where Claude proposes
+            from factory_lib.propose.llm.client import LLMProposer
+
             llm = LLMProposer(
                 objective,
                 plan.data.input_shape,
