@@ -3,6 +3,8 @@
     python benchmarks/overhead.py                          # digits, 8 trials, the budget's epochs
     python benchmarks/overhead.py --trials 8 --epochs 10 --max-workers 2
     python benchmarks/overhead.py --compare 343c6d0 --pairs 3   # this tree against an older one
+    python benchmarks/overhead.py --vs-baseline                 # against a plain Optuna script
+    python benchmarks/overhead.py --vs-baseline --objective benchmarks/long_trials.yaml
 
 Runs one fresh cycle through metaflow.Runner in a throw-away datastore and reports:
 - wall: the cycle from the Runner call to its end;
@@ -21,6 +23,13 @@ this script that imports Metaflow but not factory_lib, so trees whose packages a
 differently are measured the same way. It prints a JSON report, then a markdown table for
 docs/benchmarks.md: per tree the median cycle wall with its spread (min–max), the ratio of
 the medians, and each step's seconds.
+
+--vs-baseline runs --pairs pairs of the same kind of fresh cycle and of benchmarks/baseline.py
+(the plain one-process Optuna + Lightning script a user would write instead, on the same
+objective, trials and epochs), alternating which goes first, each as a command timed from
+its start to its exit. It reports the ratio of the median walls with the spread of the
+per-pair ratios, the fixed cost (a cycle's wall minus its longest train task's training; the
+baseline's wall minus its training), and each step's seconds.
 """
 
 from __future__ import annotations
@@ -56,7 +65,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="0: the objective's budget")
     parser.add_argument("--max-workers", type=int, default=0, help="0: the flow's default (cores)")
     parser.add_argument("--compare", metavar="REV", help="also run the flow of this git revision")
-    parser.add_argument("--pairs", type=int, default=3, help="with --compare: cycles per tree")
+    parser.add_argument(
+        "--vs-baseline", action="store_true", help="alternate cycles with benchmarks/baseline.py"
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="with --compare or --vs-baseline: runs per arm"
+    )
     # One cycle of the tree at this path, run by --compare in a process of its own.
     parser.add_argument("--measure-tree", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -64,6 +78,8 @@ def main() -> None:
         print(json.dumps(measure_tree(args.measure_tree, args)))
     elif args.compare:
         compare(args)
+    elif args.vs_baseline:
+        vs_baseline(args)
     else:
         overhead(args)
 
@@ -176,14 +192,31 @@ def measure_tree(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
 
         namespace(None)
         run = Run(f"{FLOW_NAME}/{run_id_file.read_text().strip()}")
-        return {"wall_s": round(wall, 1), "step_seconds": step_seconds(run)}
+        return {
+            "wall_s": round(wall, 1),
+            "step_seconds": step_seconds(run),
+            "longest_task_train_s": longest_task_training(run),
+        }
+
+
+def longest_task_training(run: Any) -> float | None:
+    """The most training seconds (fit + evaluation) any one train task did, from the trials'
+    records; None for a tree whose records do not say (they are read, not imported)."""
+    try:
+        per_task: dict[str, float] = {}
+        for record in run["end"].task.data.records:
+            result = record.result
+            if result.evaluation is not None:
+                task = result.task_pathspec or ""
+                per_task[task] = per_task.get(task, 0.0) + result.evaluation.train_seconds
+    except (AttributeError, KeyError):
+        return None
+    return round(max(per_task.values()), 1) if per_task else 0.0
 
 
 def compare(args: argparse.Namespace) -> None:
     """Alternate fresh cycles of REV's tree and this one; print a JSON report and a table."""
-    new_rev = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain"):
-        new_rev += " + uncommitted changes"
+    new_rev = this_rev()
     objective = Path(args.objective).resolve()
     with tempfile.TemporaryDirectory(prefix="factory-bench-rev-") as tmp:
         old_tree = Path(tmp) / "tree"
@@ -207,18 +240,123 @@ def compare(args: argparse.Namespace) -> None:
         "new": {"rev": new_rev, **summary(cycles["new"])},
     }
     report = {
-        "objective": objective.stem,
-        "trials": args.trials,
-        "epochs": args.epochs or "budget",
-        "pairs": args.pairs,
-        "machine": machine(),
-        "command": shlex.join(["python", "benchmarks/overhead.py", *sys.argv[1:]]),
+        **header(args, objective),
         "arms": arms,
         "new_over_old": ratio(arms["new"]["median_wall_s"], arms["old"]["median_wall_s"]),
     }
     print(json.dumps(report, indent=2))
     print()
     print(markdown(report))
+
+
+def vs_baseline(args: argparse.Namespace) -> None:
+    """Alternate fresh cycles of this tree with the plain script; print JSON and a table."""
+    objective = Path(args.objective).resolve()
+    runs: dict[str, list[dict[str, Any]]] = {"factory": [], "baseline": []}
+    for pair in range(args.pairs):
+        order = ("factory", "baseline") if pair % 2 == 0 else ("baseline", "factory")
+        for arm in order:
+            if arm == "factory":
+                run = measure_in_subprocess(ROOT, objective, args)
+                run["fixed_s"] = (
+                    round(run["wall_s"] - run["longest_task_train_s"], 1)
+                    if run["longest_task_train_s"] is not None
+                    else None
+                )
+            else:
+                run = run_baseline(objective, args)
+            runs[arm].append(run)
+            print(f"pair {pair + 1}/{args.pairs}: {arm} {run['wall_s']} s", file=sys.stderr)
+    factory, baseline = summary(runs["factory"]), summary(runs["baseline"])
+    pair_ratios = [
+        round(f["wall_s"] / b["wall_s"], 2)
+        for f, b in zip(runs["factory"], runs["baseline"], strict=True)
+    ]
+    report = {
+        **header(args, objective),
+        "rev": this_rev(),
+        "factory": factory,
+        "baseline": baseline,
+        "factory_over_baseline": ratio(factory["median_wall_s"], baseline["median_wall_s"]),
+        "pair_ratios": pair_ratios,
+        "factory_median_fixed_s": median_of(runs["factory"], "fixed_s"),
+        "baseline_median_fixed_s": median_of(runs["baseline"], "fixed_s"),
+        "baseline_best_test_accuracy": [b["best_test_accuracy"] for b in runs["baseline"]],
+    }
+    print(json.dumps(report, indent=2))
+    print()
+    print(baseline_markdown(report))
+
+
+def run_baseline(objective: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One run of benchmarks/baseline.py, timed from its start to its exit like a cycle."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "baseline.py"), "--objective"]
+    command += [str(objective), "--trials", str(args.trials), "--epochs", str(args.epochs)]
+    started = time.time()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - started
+    if done.returncode:
+        raise SystemExit(f"{shlex.join(command)} failed:\n{done.stderr[-LOG_TAIL_CHARS:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    trained = sum(result["train_seconds"])
+    return {
+        **result,
+        "wall_s": round(wall, 1),
+        "sum_train_s": round(trained, 1),
+        "fixed_s": round(wall - trained, 1),
+        "step_seconds": {},
+    }
+
+
+def median_of(runs: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return round(statistics.median(values), 1) if values else None
+
+
+def baseline_markdown(report: dict[str, Any]) -> str:
+    """The side-by-side run as a table for docs/benchmarks.md, with its machine and command."""
+    factory, baseline = report["factory"], report["baseline"]
+    ratios = report["pair_ratios"]
+    epochs = "the budget's epochs" if report["epochs"] == "budget" else f"{report['epochs']} epochs"
+    trials = report["trials"] or "the budget's"
+    lines = [
+        f"`{report['objective']}`, {trials} trials, {epochs}; {report['pairs']} pairs, "
+        "alternating which runs first; each wall from the command's start to its exit. Fixed "
+        "cost: the cycle's wall minus its longest train task's training (the baseline: its wall "
+        "minus its training).",
+        "",
+        f"Machine: {report['machine']}. Tree: {report['rev']}. Command: `{report['command']}`.",
+        "",
+        "| seconds | factory cycle | baseline script | factory / baseline |",
+        "| --- | ---: | ---: | ---: |",
+        f"| wall, median (min–max) | {factory['median_wall_s']} ({factory['min_wall_s']}–"
+        f"{factory['max_wall_s']}) | {baseline['median_wall_s']} ({baseline['min_wall_s']}–"
+        f"{baseline['max_wall_s']}) | **{times(report['factory_over_baseline'])}** "
+        f"(pairs {min(ratios):.2f}–{max(ratios):.2f}) |",
+        f"| fixed cost, median | {report['factory_median_fixed_s']} | "
+        f"{report['baseline_median_fixed_s']} | |",
+    ]
+    for name, seconds in factory["median_step_seconds"].items():
+        lines.append(f"| step `{name}`, median | {seconds} | | |")
+    return "\n".join(lines)
+
+
+def header(args: argparse.Namespace, objective: Path) -> dict[str, Any]:
+    """What a side-by-side report says first: what ran, how often, where, and the command."""
+    return {
+        "objective": objective.stem,
+        "trials": args.trials,
+        "epochs": args.epochs or "budget",
+        "pairs": args.pairs,
+        "machine": machine(),
+        "command": shlex.join(["python", "benchmarks/overhead.py", *sys.argv[1:]]),
+    }
+
+
+def this_rev() -> str:
+    """This tree's commit, and whether it holds changes not committed yet."""
+    rev = git("rev-parse", "--short", "HEAD")
+    return rev + (" + uncommitted changes" if git("status", "--porcelain") else "")
 
 
 def measure_in_subprocess(tree: Path, objective: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -82,3 +82,30 @@ def test_history_benchmark_measures_each_chained_cycle_outside_training() -> Non
         assert c["outside_training_s"] == pytest.approx(c["wall_s"] - c["training_s"], abs=0.02)
         assert {"start", "train", "join", "end"} <= set(c["step_seconds"])
     assert report["late_over_early"] is not None
+
+
+@pytest.mark.slow
+def test_overhead_runs_the_cycle_and_the_baseline_side_by_side() -> None:
+    report = run_benchmark(
+        "overhead.py",
+        "--vs-baseline",
+        "--pairs",
+        "1",
+        "--trials",
+        "2",
+        "--epochs",
+        "2",
+        "--objective",
+        str(ROOT / "objectives" / "smoke.yaml"),
+    )
+    factory, baseline = report["factory"], report["baseline"]
+    [cycle], [script] = factory["cycles"], baseline["cycles"]
+    assert script["trials"] == 2 and len(script["train_seconds"]) == 2
+    assert report["factory_over_baseline"] == round(cycle["wall_s"] / script["wall_s"], 2)
+    assert report["pair_ratios"] == [report["factory_over_baseline"]]
+    # the fixed cost is the wall less the training of the longest train task
+    assert 0 < cycle["longest_task_train_s"] < cycle["wall_s"]
+    assert report["factory_median_fixed_s"] == round(
+        cycle["wall_s"] - cycle["longest_task_train_s"], 1
+    )
+    assert set(factory["median_step_seconds"]) >= {"start", "train", "join", "end"}
