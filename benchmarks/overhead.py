@@ -1,6 +1,6 @@
 """Orchestration overhead of one cycle: wall time against the trials' own training time.
 
-    python benchmarks/overhead.py                          # digits, 8 trials, the budget's epochs
+    python benchmarks/overhead.py                          # digits: the budget's trials and epochs
     python benchmarks/overhead.py --trials 8 --epochs 10 --max-workers 2
     python benchmarks/overhead.py --compare 343c6d0 --pairs 3   # this tree against an older one
     python benchmarks/overhead.py --vs-baseline                 # against a plain Optuna script
@@ -61,7 +61,7 @@ LOG_TAIL_CHARS = 3000
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objective", default=str(ROOT / "objectives" / "digits.yaml"))
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=0, help="0: the objective's budget")
     parser.add_argument("--epochs", type=int, default=0, help="0: the objective's budget")
     parser.add_argument("--max-workers", type=int, default=0, help="0: the flow's default (cores)")
     parser.add_argument("--compare", metavar="REV", help="also run the flow of this git revision")
@@ -317,10 +317,8 @@ def baseline_markdown(report: dict[str, Any]) -> str:
     """The side-by-side run as a table for docs/benchmarks.md, with its machine and command."""
     factory, baseline = report["factory"], report["baseline"]
     ratios = report["pair_ratios"]
-    epochs = "the budget's epochs" if report["epochs"] == "budget" else f"{report['epochs']} epochs"
-    trials = report["trials"] or "the budget's"
     lines = [
-        f"`{report['objective']}`, {trials} trials, {epochs}; {report['pairs']} pairs, "
+        f"`{report['objective']}`, {amounts(report)}; {report['pairs']} pairs, "
         "alternating which runs first; each wall from the command's start to its exit. Fixed "
         "cost: the cycle's wall minus its longest train task's training (the baseline: its wall "
         "minus its training).",
@@ -345,7 +343,7 @@ def header(args: argparse.Namespace, objective: Path) -> dict[str, Any]:
     """What a side-by-side report says first: what ran, how often, where, and the command."""
     return {
         "objective": objective.stem,
-        "trials": args.trials,
+        "trials": args.trials or "budget",
         "epochs": args.epochs or "budget",
         "pairs": args.pairs,
         "machine": machine(),
@@ -404,9 +402,8 @@ def summary(cycles: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     """The comparison as a table for docs/benchmarks.md, with its machine and command."""
     old, new = report["arms"]["old"], report["arms"]["new"]
-    epochs = "the budget's epochs" if report["epochs"] == "budget" else f"{report['epochs']} epochs"
     lines = [
-        f"One fresh cycle of `{report['objective']}`, {report['trials']} trials, {epochs}, "
+        f"One fresh cycle of `{report['objective']}`, {amounts(report)}, "
         f"per tree and pair; {report['pairs']} pair{'' if report['pairs'] == 1 else 's'}, "
         "alternating which tree runs first. Cycle wall: `python flows/cycle.py run --fresh` "
         "from start to exit; a step: its first task's start to its last task's end.",
@@ -427,6 +424,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"{'—' if after is None else after} | {times(ratio(after, before))} |"
         )
     return "\n".join(lines)
+
+
+def amounts(report: dict[str, Any]) -> str:
+    """`8 trials, the budget's epochs`: what each run trained, in words."""
+    return ", ".join(
+        f"the budget's {what}" if report[what] == "budget" else f"{report[what]} {what}"
+        for what in ("trials", "epochs")
+    )
 
 
 def dag_order(*orders: list[str]) -> list[str]:

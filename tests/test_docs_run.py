@@ -78,6 +78,10 @@ NOT_RUN: dict[str, str] = {
     "python benchmarks/overhead.py": (
         "full digits cycles for minutes; its numbers are written down in docs/benchmarks.md"
     ),
+    "python benchmarks/overhead.py --vs-baseline": (
+        "three pairs of digits cycles and baseline scripts, minutes; tests/test_benchmarks.py "
+        "runs one pair, shrunk"
+    ),
     "python benchmarks/search.py": (
         "writes its plots into docs/; tests/test_benchmarks.py runs it shrunk, plots elsewhere"
     ),

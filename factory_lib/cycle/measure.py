@@ -11,7 +11,9 @@ task's start-up, and the gate lists only what is still missing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import multiprocessing
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from factory_lib.cycle.close import MeasureJob, Measurement, package_of
@@ -88,9 +90,47 @@ def measure_in_train(
     weights = {o.result.weights_sha: o.weights for o in outputs if o.weights is not None}
     again = tuple(range(1, k))
     job = MeasureJob("seeds", best.trial_id, best, k, export=True, again=again)
+    exported = export_beside(package_of(plan, best, weights.__getitem__), objective)
     values = seed_values(objective, best, again, concurrent_tasks, plan.data)
-    exports, summary = export_or_note(package_of(plan, best, weights.__getitem__), objective)
+    exports, summary = exported()
     return Measurement(job, values=values, exports=exports, export_summary=summary)
+
+
+Exported = tuple[Exports | None, ExportSummary]
+
+
+def export_beside(package: ModelPackage, objective: Objective) -> Callable[[], Exported]:
+    """`export_or_note` in a forked process, so that it runs beside the re-trainings started
+    next (on a core another task has left, or between their epochs); in this process where
+    a fork is unsafe (factory_lib.train.supervisor.start_method). Call the result to wait."""
+    import torch
+
+    from factory_lib.train.supervisor import start_method
+
+    if start_method(torch.get_num_threads()) != "fork":
+        done = export_or_note(package, objective)
+        return lambda: done
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_export_to, args=(send, package, objective), name="export")
+    process.start()
+    send.close()
+
+    def wait() -> Exported:
+        try:
+            result: Exported = receive.recv()
+        except EOFError:  # it died without a word: the out-of-memory killer, a native crash
+            died = f"the export process died (exit {process.exitcode})"
+            result = (None, ExportSummary(error=died))
+        process.join()
+        return result
+
+    return wait
+
+
+def _export_to(send: Connection, package: ModelPackage, objective: Objective) -> None:
+    send.send(export_or_note(package, objective))
+    send.close()
 
 
 def seed_values(

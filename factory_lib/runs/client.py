@@ -161,9 +161,12 @@ def cycle_runs(flow_name: str, objective_name: str, retired: bool = True) -> lis
 
 
 def newest_cycle(flow_name: str, objective_name: str, exclude_run: str | None = None) -> str | None:
-    """The pathspec of the objective's newest successful cycle, or None."""
-    runs = [r for r in cycle_runs(flow_name, objective_name) if r.id != exclude_run]
-    return runs[0].pathspec if runs else None
+    """The pathspec of the objective's newest successful cycle, or None. Asks runs whether
+    they succeeded (a datastore read each) newest first, only until one has: a long search
+    costs no more than a short one."""
+    with all_namespaces():
+        runs = (r for r in search_runs(flow_name, objective_name) if r.id != exclude_run)
+        return next((r.pathspec for r in runs if r.successful), None)
 
 
 def end_data(run: Any) -> Any:
@@ -210,7 +213,10 @@ def chain_from(
         retired = {r.id: retirement_of(r) for r in runs}
         live = [r for r in runs if retired[r.id] is None]
         newest = next((r.pathspec for r in runs if r.successful), None)
-        ok = [r for r in live if r.successful]
+
+        def ok() -> list[Any]:  # every live successful run: only for a hint, when one is due
+            return [r for r in live if r.successful]
+
         if from_run:
             base = _tagged_run(runs, flow_name, objective_name, from_run)
             gone = retired[base.id]
@@ -221,18 +227,19 @@ def chain_from(
                     "or continue from another cycle"
                 )
         else:
-            base = ok[0] if ok else None
+            # newest first, asked only until one succeeded (a datastore read per run)
+            base = next((r for r in live if r.successful), None)
             newer = _newer_than(live, base)
             if newer:
                 raise DamagedRunError(
                     newer[0].pathspec, _unfinished(newer[0], objective_name)
-                ).with_hint(_continue_hint(ok, objective_name))
+                ).with_hint(_continue_hint(ok(), objective_name))
         if base is None:
             return Chain(previous=None, newest=newest)
         try:
             state = read_cycle(base)
         except DamagedRunError as exc:
-            older = [r for r in ok if r.created_at < base.created_at]
+            older = [r for r in ok() if r.created_at < base.created_at]
             raise exc.with_hint(_continue_hint(older, objective_name)) from exc
         tag_events = events_from_tags(list(base.tags), base.pathspec)
         state = state.with_decisions(
