@@ -124,14 +124,16 @@ def measure_jobs(
 ) -> list[MeasureJob]:
     """What the gate will need: the challenger and (where its values are too few or from another
     evaluator) the champion re-trained over seeds, and the challenger's export; less what the
-    train tasks already measured (`done`: factory_lib.cycle.measure.measure_in_train)."""
+    train tasks already measured (`done`: factory_lib.cycle.measure.measure_in_train). With
+    one seed, the challenger is exported only if the gate will promote it."""
     k = plan.objective.promotion.seeds
     challenger = challenger_of(scored.records)
     if challenger is None:
         return [MeasureJob("none")]
     trial_id = challenger.trial_id
-    if k < 2:
-        return [MeasureJob("export", trial_id)]
+    if k < 2:  # the gate decides on the records alone: export only a challenger it promotes
+        promoted = decide(plan.objective, plan.champion, scored.records)[0].status == "promoted"
+        return [MeasureJob("export", trial_id) if promoted else MeasureJob("none")]
     jobs: list[MeasureJob] = []
     measured = next((m for m in done if m.job.trial_id == trial_id), None)
     if measured is None:
