@@ -167,14 +167,14 @@ def gate(
     t-interval at `confidence` (normal-free small-sample bound; with one value per side the
     bound is the difference itself).
     """
-    from scipy import stats
-
     c, h = np.asarray(challenger_values, float), np.asarray(champion_values, float)
     diff = (1.0 if direction == "maximize" else -1.0) * (c.mean() - h.mean())
     var_c = c.var(ddof=1) / len(c) if len(c) > 1 else 0.0
     var_h = h.var(ddof=1) / len(h) if len(h) > 1 else 0.0
     se = float(np.sqrt(var_c + var_h))
     if se > 0:
+        from scipy import stats  # half a second to import: only where there is a spread
+
         dof = (var_c + var_h) ** 2 / sum(
             v**2 / (len(a) - 1) for v, a in ((var_c, c), (var_h, h)) if len(a) > 1
         )
