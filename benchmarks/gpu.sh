@@ -8,4 +8,5 @@ py=${PYTHON:-python3}
 "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
 "$py" -m pytest -q -m gpu tests/test_gpu.py
 "$py" benchmarks/overhead.py --trials 8
+"$py" benchmarks/overhead.py --vs-baseline --pairs 3
 "$py" benchmarks/throughput.py --trials 8 --epochs 10
