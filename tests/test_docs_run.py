@@ -65,7 +65,7 @@ NOT_RUN: dict[str, str] = {
         "set-up: CI runs .ci/setup before these tests (.ci/run); the cycle, "
         "`python flows/cycle.py run`, runs here"
     ),
-    "bash .ci/setup && .venv/bin/lint-imports && .venv/bin/python -m pytest": (
+    "bash .ci/setup dev && .venv/bin/lint-imports && .venv/bin/python -m pytest": (
         "what CI runs (.ci/run): these tests themselves"
     ),
     "ruff check . && ruff format --check . && mypy && lint-imports && pytest": (
