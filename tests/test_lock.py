@@ -10,7 +10,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -106,19 +105,3 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     command = block.split("\n```", 1)[0].strip()
     assert command.startswith("bash .ci/setup dev ")  # the dev tools, on top of the runtime
     assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == command
-
-
-def test_aws_commands_name_the_extra_they_need(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # the runtime install has no boto3: `factory doctor` says which extra brings it
-    import importlib.util
-
-    from factory_lib.ops import cli
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "boto3" else real(name, *a)
-    )
-    assert cli.main(["doctor"]) == 2
-    assert "bash .ci/setup aws" in capsys.readouterr().err

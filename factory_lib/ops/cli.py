@@ -117,24 +117,8 @@ def _cycles(objective_name: str) -> list[Any]:
     return cycles
 
 
-AWS_EXTRA = (
-    "factory {command} talks to AWS through boto3, which is in the `aws` extra: "
-    "bash .ci/setup aws (README, Quick start)"
-)
-
-
-def aws_missing(command: str) -> str | None:
-    """What to install, where boto3 (the `aws` extra) is not installed; None where it is."""
-    import importlib.util
-
-    return None if importlib.util.find_spec("boto3") else AWS_EXTRA.format(command=command)
-
-
 def doctor(args: argparse.Namespace) -> int:
     """Check a profile's bucket, queue, compute environment, roles and image; 1 on a problem."""
-    if missing := aws_missing("doctor"):
-        print(missing, file=sys.stderr)
-        return 2
     from factory_lib.ops.doctor import diagnose
     from factory_lib.ops.profile import ProfileError, read_settings
 
@@ -153,9 +137,6 @@ def doctor(args: argparse.Namespace) -> int:
 
 def profile(args: argparse.Namespace) -> int:
     """Write the Metaflow profile for the stack made from infra/cloudformation/dark-factory.yaml."""
-    if missing := aws_missing("profile"):
-        print(missing, file=sys.stderr)
-        return 2
     import boto3
 
     from factory_lib.ops.profile import settings_from_stack, stack_outputs, write_profile
