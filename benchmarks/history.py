@@ -27,12 +27,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import FLOW, FLOW_NAME, LOG_TAIL_CHARS, ROOT, machine, step_seconds
+from overhead import (
+    FLOW,
+    FLOW_NAME,
+    LOG_TAIL_CHARS,
+    ROOT,
+    longest_task_training,
+    machine,
+    step_seconds,
+)
 
 # The cycles each end of the search is summarised by.
 ENDS = 3
@@ -98,12 +105,7 @@ def _cycle(args: argparse.Namespace, sysroot: str, run_id_file: Path) -> float:
 def _measure(run: Any, wall: float) -> dict[str, Any]:
     """A cycle's wall, its longest train task's training and the rest, its steps' seconds."""
     end = run["end"].task.data
-    per_task: dict[str, float] = defaultdict(float)
-    for record in end.records:
-        result = record.result
-        if result.evaluation is not None and result.task_pathspec:
-            per_task[result.task_pathspec] += result.evaluation.train_seconds
-    training = max(per_task.values(), default=0.0)
+    training = longest_task_training(run) or 0.0
     return {
         "cycle": end.cycle,
         "history": len(end.history),

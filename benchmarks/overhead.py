@@ -195,23 +195,26 @@ def measure_tree(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
         return {
             "wall_s": round(wall, 1),
             "step_seconds": step_seconds(run),
-            "longest_task_train_s": longest_task_training(run),
+            "longest_task_train_s": round(longest, 1)
+            if (longest := longest_task_training(run)) is not None
+            else None,
         }
 
 
 def longest_task_training(run: Any) -> float | None:
     """The most training seconds (fit + evaluation) any one train task did, from the trials'
     records; None for a tree whose records do not say (they are read, not imported)."""
+    per_task: dict[str, float] = {}
     try:
-        per_task: dict[str, float] = {}
         for record in run["end"].task.data.records:
             result = record.result
-            if result.evaluation is not None:
-                task = result.task_pathspec or ""
-                per_task[task] = per_task.get(task, 0.0) + result.evaluation.train_seconds
+            if result.evaluation is not None and result.task_pathspec:
+                per_task[result.task_pathspec] = (
+                    per_task.get(result.task_pathspec, 0.0) + result.evaluation.train_seconds
+                )
     except (AttributeError, KeyError):
         return None
-    return round(max(per_task.values()), 1) if per_task else 0.0
+    return max(per_task.values(), default=0.0)
 
 
 def compare(args: argparse.Namespace) -> None:

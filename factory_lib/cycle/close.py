@@ -104,6 +104,17 @@ def score_cycle(
     plan: CyclePlan, results: Iterable[TrialResult], weights: Callable[[str], bytes]
 ) -> ScoredCycle:
     """Score and flag the results, extend history (append-only), package the challenger."""
+    records = scored_records(plan, results)
+    history = append(plan.history, records)
+    check_extends(plan.history, history)
+    challenger = challenger_of(records)
+    candidate = package_of(plan, challenger, weights) if challenger is not None else None
+    return ScoredCycle(records=records, history=history, candidate=candidate)
+
+
+def scored_records(plan: CyclePlan, results: Iterable[TrialResult]) -> tuple[TrialRecord, ...]:
+    """The results as records in trial order, each scored and flagged against the history and
+    the records before it."""
     objective = plan.objective
     scored: list[TrialRecord] = []
     for r in sorted(results, key=lambda r: r.proposal.number):
@@ -111,12 +122,7 @@ def score_cycle(
         scored.append(
             record.model_copy(update={"flags": flags(objective, record, [*plan.history, *scored])})
         )
-    records = tuple(scored)
-    history = append(plan.history, records)
-    check_extends(plan.history, history)
-    challenger = challenger_of(records)
-    candidate = package_of(plan, challenger, weights) if challenger is not None else None
-    return ScoredCycle(records=records, history=history, candidate=candidate)
+    return tuple(scored)
 
 
 def measure_jobs(

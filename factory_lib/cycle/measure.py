@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from factory_lib.cycle.close import MeasureJob, Measurement, package_of
+from factory_lib.cycle.close import MeasureJob, Measurement, package_of, scored_records
 from factory_lib.cycle.plan import CyclePlan
 from factory_lib.data import DataSummary, load_splits
 from factory_lib.objective import Objective
@@ -24,7 +24,6 @@ from factory_lib.records import TrialRecord
 from factory_lib.registry import Exports, ModelPackage
 from factory_lib.registry.card import ExportSummary
 from factory_lib.registry.gate import challenger_of
-from factory_lib.reward import flags, score
 
 if TYPE_CHECKING:
     from factory_lib.train.trial import TrialOutput
@@ -66,12 +65,7 @@ def measure_in_train(
     k = objective.promotion.seeds
     if plan.champion is not None or k < 2 or not outputs:
         return None
-    records = [score(objective, o.result) for o in outputs]
-    records = [
-        r.model_copy(update={"flags": flags(objective, r, [*plan.history, *records[:i]])})
-        for i, r in enumerate(records)
-    ]
-    best = challenger_of(records)
+    best = challenger_of(scored_records(plan, (o.result for o in outputs)))
     if best is None or best.result.evaluation is None:
         return None
     startup = min(o.result.started_at for o in outputs) - entered
