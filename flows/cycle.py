@@ -2,20 +2,20 @@
 
     start ─► train (foreach group) ─► join ─► gate ─► measure (foreach job) ─► decide ─► end
 
-    start    take the objective's lease (one cycle at a time), pick up the latest successful
-             cycle of it, checked, and check the budget; ask the proposers for this cycle's
-             trials (they see validation numbers only)
+    start    take the search's lease (one cycle at a time), pick up the latest successful
+             cycle of the objective on this branch, checked, and check the budget; ask the
+             proposers for this cycle's trials (they see validation numbers only)
     train    one Lightning fit per trial; every outcome, crash included, becomes a record;
              under successive halving the group's best continue from their checkpoints
-    join     check no newer cycle finished meanwhile; score and flag every trial, extend the
-             append-only history
+    join     check the run is on its branch and no newer cycle finished meanwhile; score and
+             flag every trial, extend the append-only history
     gate     list what the promotion gate needs measured, and fan it out
     measure  with train's resources: re-train the challenger (and the champion) over seeds,
              export the challenger; a task with nothing to do imports no Lightning (while
              there is no champion, train tasks re-measure their group's best where cheaper)
     decide   the champion/challenger gate on those measurements, a new champion's model card
-    end      render the cycle card; tag the run `objective:<name>` so the next cycle chains;
-             give the lease back
+    end      render the cycle card; tag the run `objective:<name>` so the next cycle of its
+             branch chains; give the lease back
 
 train and measure retry a task that died (killed, lost node) before @catch records what is
 left; a trial's own exception is a record at once and is never retried (docs/architecture.md).
@@ -27,13 +27,19 @@ Run it:
     python flows/cycle.py run --fresh                       # start a new search
     python flows/cycle.py resume                            # rerun only what did not finish
     python flows/cycle.py run --from-run 1234               # continue from that cycle instead
+    python flows/cycle.py --branch quick_try run --trials 4   # a search of its own (test.quick_try)
+
+A search is an objective on a branch of the project (`@project`): your own, `user.<you>`, by
+default; `--branch NAME` (test.NAME) for a shared or throw-away one; `--production` (prod) for
+the deployed search. A cycle chains only from cycles of its own branch (docs/branches.md).
     python flows/cycle.py card get <run-id>/end card.html   # the cycle card, to open offline
 
 Scale out (docs/scale-out.md): the same flow with `--with batch` on AWS Batch GPUs, or deployed
 with a schedule or self-chaining from `--config deployment infra/deploy/<orchestrator>.yaml`:
 
     python flows/cycle.py run --with batch
-    python flows/cycle.py --config deployment infra/deploy/step-functions.yaml step-functions create
+    python flows/cycle.py --production --config deployment infra/deploy/step-functions.yaml \
+        step-functions create
 """
 
 from __future__ import annotations
@@ -42,9 +48,16 @@ import sys
 import time
 from pathlib import Path
 
-from factory_lib.runs.env import datastore_problem, ensure_metaflow_user, local_worker_default
+from factory_lib.runs.env import (
+    datastore_problem,
+    ensure_metaflow_user,
+    local_worker_default,
+    use_local_datastore,
+)
 
 ensure_metaflow_user()
+if "step" not in sys.argv:  # not a task: the project's one local datastore, from any folder
+    use_local_datastore()
 local_worker_default(sys.argv)
 if __name__ == "__main__" and (problem := datastore_problem(sys.argv)):
     sys.exit(problem)  # one line naming the path, not Metaflow's internal-error traceback
@@ -61,6 +74,7 @@ from metaflow import (  # type: ignore[attr-defined]  # noqa: E402
     catch,
     config_expr,
     current,
+    project,
     resources,
     retry,
     step,
@@ -70,6 +84,7 @@ from metaflow.exception import MetaflowException  # noqa: E402
 
 from factory_lib.checks import check_objective  # noqa: E402
 from factory_lib.objective import Objective, ObjectiveError  # noqa: E402
+from factory_lib.runs.client import PROJECT  # noqa: E402
 from factory_lib.runs.deploy import DeploymentError, deployed, parse_deployment  # noqa: E402
 
 DEFAULT_OBJECTIVE = "objectives/digits.yaml"
@@ -136,6 +151,11 @@ def on_train_resources(timeout_s: str, error_var: str) -> Callable[[F], F]:
     return apply
 
 
+def this_branch() -> str:
+    """The @project branch this run is on (user.<you>, test.<name>, prod)."""
+    return str(current.branch_name)  # type: ignore[attr-defined]  # set by @project
+
+
 def death_of(task: Any, step: str, plan: Any) -> str | None:
     """How a foreach task that @catch stood in for died (its process's exit, and what the
     kernel says about out-of-memory kills since the cycle started), if recorded."""
@@ -149,6 +169,7 @@ def death_of(task: Any, step: str, plan: Any) -> str | None:
     return "; ".join(x for x in (death, oom) if x) or None
 
 
+@project(name=PROJECT)
 @deployed
 class CycleFlow(FlowSpec):
     """One cycle: propose, train in parallel, evaluate, score, promote, remember."""
@@ -196,6 +217,7 @@ class CycleFlow(FlowSpec):
             str(current.run_id),
             fresh=cast(bool, self.fresh),
             from_run=cast(str, self.from_run) or None,
+            branch=this_branch(),
         )
         self.proposals, self.mix, self.llm_report = batch.proposals, batch.mix, batch.llm_report
         self.trial_groups = group_trials(
@@ -203,7 +225,10 @@ class CycleFlow(FlowSpec):
             spec.budget.group_size,
             most=self.objective.budget.trials_per_cycle,  # what TRAIN_TIMEOUT allows for
         )
-        print(f"{spec.name}: cycle {self.plan.cycle}, {len(self.plan.history)} earlier trials")
+        print(
+            f"{spec.name} on {self.plan.branch}: cycle {self.plan.cycle}, "
+            f"{len(self.plan.history)} earlier trials"
+        )
         for line in (*self.plan.notices, *batch.notices, *(p.summary() for p in self.proposals)):
             print(line)
         self.next(self.train, foreach="trial_groups")
@@ -249,7 +274,7 @@ class CycleFlow(FlowSpec):
         """Score and flag every trial and extend the append-only history."""
         from factory_lib.cycle.close import score_cycle
         from factory_lib.cycle.plan import results_from_task
-        from factory_lib.runs.lease import check_not_superseded
+        from factory_lib.runs.lease import check_branch, check_not_superseded
 
         # Each task pickles what it read again (set order varies by process), so Metaflow's
         # merge_artifacts sees "conflicts" in identical values: take them from the first input.
@@ -257,8 +282,9 @@ class CycleFlow(FlowSpec):
         self.plan, self.proposals = first.plan, first.proposals
         self.mix, self.llm_report = first.mix, first.llm_report
         pathspec = f"{current.flow_name}/{current.run_id}"
+        check_branch(self.plan.branch, this_branch(), pathspec)
         for notice in check_not_superseded(
-            self.plan.objective.name, self.plan.newest_cycle, pathspec
+            self.plan.objective.name, self.plan.newest_cycle, pathspec, self.plan.branch
         ):
             print(notice)
         results = [
@@ -344,14 +370,17 @@ class CycleFlow(FlowSpec):
         from factory_lib.explore.analysis import CycleView
         from factory_lib.explore.cards import cycle_card
         from factory_lib.history import state_of
-        from factory_lib.runs.lease import publish_cycle
+        from factory_lib.runs.lease import check_branch, publish_cycle
 
         pathspec = f"{current.flow_name}/{current.run_id}"
+        check_branch(self.plan.branch, this_branch(), pathspec)
         current.card["cycle"].extend(  # type: ignore[attr-defined]  # added by @card
             cycle_card(CycleView.of(state_of(self, pathspec)))
         )
         plan = self.plan
-        for notice in publish_cycle(plan.objective.name, plan.newest_cycle, plan.lease, pathspec):
+        for notice in publish_cycle(
+            plan.objective.name, plan.newest_cycle, plan.lease, pathspec, plan.branch
+        ):
             print(notice)
         print(
             f"{plan.objective.name}: cycle {self.cycle} done; decision {self.decision.status}: "

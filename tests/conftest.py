@@ -62,10 +62,17 @@ def run_cycle(
     objective: Path,
     env: dict[str, str] | None = None,
     deployment: Path | None = None,
+    branch: str | None = None,
+    production: bool = False,
     **params: Any,
 ) -> Any:
-    """Run one real cycle through metaflow.Runner; returns the finished metaflow.Run."""
+    """Run one real cycle through metaflow.Runner (on the @project branch that `branch` and
+    `production` name, as the flow's own options do); returns the finished metaflow.Run."""
     from metaflow import Runner
+
+    on_branch: dict[str, Any] = {"branch": branch} if branch else {}
+    if production:
+        on_branch["production"] = True
 
     # cwd: Metaflow 2.19 writes cards under the working directory's `.metaflow/mf.cards` but
     # the Client API reads them from the datastore root's; the same place only from here.
@@ -78,6 +85,7 @@ def run_cycle(
             ("objective", str(objective)),
             *([("deployment", str(deployment))] if deployment else []),
         ],
+        **on_branch,
     ).run(max_workers=2, **params) as running:
         assert running.status == "successful", running.stderr[-3000:]
         return running.run

@@ -7,8 +7,8 @@ import re
 from tests.conftest import ROOT
 
 DOC = ROOT / "docs" / "scale-out.md"
-SFN = "python flows/cycle.py --config deployment infra/deploy/step-functions.yaml"
-ARGO = "python flows/cycle.py --config deployment infra/deploy/argo.yaml"
+SFN = "python flows/cycle.py --production --config deployment infra/deploy/step-functions.yaml"
+ARGO = "python flows/cycle.py --production --config deployment infra/deploy/argo.yaml"
 # Every ```bash command of the guide starts with one of these; tests/test_scale_out.py runs each.
 EXERCISED = (
     "aws cloudformation create-stack",
@@ -27,7 +27,8 @@ EXERCISED = (
 # ```sh blocks: what needs a Docker engine or a Kubernetes cluster, which CI does not have.
 NOT_RUN_HERE = (
     r"^(aws ecr get-login-password \| docker login|docker "
-    r"|python flows/cycle.py (--config deployment infra/deploy/argo.yaml )?argo-workflows "
+    r"|python flows/cycle.py --production (--config deployment infra/deploy/argo.yaml )?"
+    r"argo-workflows "
     r"(create|trigger)$)"
 )
 

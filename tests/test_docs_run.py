@@ -59,6 +59,11 @@ SCALE_OUT = "scale-out: tests/test_scale_out.py runs it (moto server, Metaflow c
 NO_DOCKER = "needs a Docker engine or a Kubernetes cluster, which CI does not have"
 PENDING = "'digits' has no promotion awaiting approval"
 NO_APPROVAL = "digits has no promotion.require_approval; tests/test_registry.py approves one"
+NOTHING_TO_ADOPT = "'digits' has no runs from before branches left to adopt"
+ALL_ON_BRANCHES = (
+    "every cycle run here is on a branch; tests/test_branches.py adopts a history that the "
+    "code from before branches ran"
+)
 
 NOT_RUN: dict[str, str] = {
     "bash .ci/setup && .venv/bin/python flows/cycle.py run": (
@@ -111,6 +116,8 @@ CHANGED: dict[str, tuple[str, str]] = {
 EXPECTED: dict[str, tuple[int, str, str]] = {
     'factory approve --objective digits --reason "checked the card"': (1, PENDING, NO_APPROVAL),
     "factory reject --objective digits": (1, PENDING, NO_APPROVAL),
+    "factory adopt --objective digits": (1, NOTHING_TO_ADOPT, ALL_ON_BRANCHES),
+    "factory adopt --objective digits --production": (1, NOTHING_TO_ADOPT, ALL_ON_BRANCHES),
     "factory loop --cycles 3 --drift-data new.npz": (
         0,
         "stop: no drift, no cycle started",
@@ -236,11 +243,14 @@ class Values(dict[str, str]):
     RUN = re.compile(r"\(run-id (\d+)\)")
     CHAMPION = re.compile(r"; champion (c\d+-t\d+)")
     DONE = re.compile(r"\] (\w+): cycle (\d+) done")
+    # The start step's "digits on user.alice: cycle 2, ...": the docs' examples are of your search
+    ON_YOURS = re.compile(r"\] digits on user\.\S+: cycle \d+")
 
     def learn(self, output: str) -> None:
-        """Take the run id and champion from a digits cycle's output (flows/cycle.py run)."""
+        """Take the run id and champion from a cycle of digits on your own branch's output
+        (flows/cycle.py run; not a quick try's, not production's)."""
         run, champion, done = (p.search(output) for p in (self.RUN, self.CHAMPION, self.DONE))
-        if run and champion and done and done[1] == "digits":
+        if run and champion and done and done[1] == "digits" and self.ON_YOURS.search(output):
             self.update(run=run[1], champion=champion[1])
             if done[2] == "1":
                 self.update(first_run=run[1], first_champion=champion[1])

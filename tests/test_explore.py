@@ -27,6 +27,7 @@ from factory_lib.data.splits import load_splits
 from factory_lib.explore import analysis
 from factory_lib.objective import load_objective
 from factory_lib.ops.drift import check_drift
+from factory_lib.runs.client import branch_name
 from tests.conftest import ROOT, factory_cli, run_cycle, write_objective
 
 pytestmark = pytest.mark.slow
@@ -150,10 +151,13 @@ def test_status_shows_each_cycle(search: Search) -> None:
     assert "budget: 2 of 50 cycles, 48 left" in proc.stdout
 
 
-def test_status_of_an_objective_without_cycles_says_what_to_do() -> None:
+def test_status_of_an_objective_without_cycles_says_what_to_do(datastore: str) -> None:
     proc = _factory("status", "--objective", "never-run")
     assert proc.returncode == 1
-    assert "objective 'never-run' has no successful cycle yet" in proc.stderr
+    said = proc.stderr
+    assert f"objective 'never-run' has no successful cycle on branch {branch_name()} yet" in said
+    assert f"Looked in the local datastore {datastore}/.metaflow" in said
+    assert "Run `python flows/cycle.py run`" in said
 
 
 def test_show_prints_one_trial(search: Search) -> None:
@@ -197,13 +201,19 @@ def test_analysis_reads_the_cycles_through_the_client_api(search: Search) -> Non
     assert lineage["trial_id"].iloc[-1] == search.end(1).data.champion.trial_id
 
 
-def test_the_notebook_runs_top_to_bottom(search: Search) -> None:
+def test_the_notebook_runs_top_to_bottom(
+    search: Search, datastore: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # run from the notebooks folder of a project whose datastore is the tests' own, found from
+    # there as a person's notebook finds it: the nearest .metaflow above it
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / ".metaflow").symlink_to(Path(datastore) / ".metaflow")
     notebook = nbformat.read(ROOT / "notebooks" / "explore.ipynb", as_version=4)
-    os.environ["FACTORY_OBJECTIVE"] = NAME  # the kernel inherits this process's environment
-    try:
-        NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(ROOT)}}).execute()
-    finally:
-        del os.environ["FACTORY_OBJECTIVE"]
+    # the kernel inherits this process's environment
+    monkeypatch.setenv("FACTORY_OBJECTIVE", NAME)
+    monkeypatch.delenv("METAFLOW_DATASTORE_SYSROOT_LOCAL")
+    where = {"metadata": {"path": str(tmp_path / "notebooks")}}
+    NotebookClient(notebook, timeout=300, resources=where).execute()
     outputs = "\n".join(
         str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
         for cell in notebook.cells
@@ -211,6 +221,7 @@ def test_the_notebook_runs_top_to_bottom(search: Search) -> None:
         for o in cell.outputs
     )
     champion = search.end(1).data.champion
+    assert f"reading the local datastore {tmp_path / '.metaflow'} (the nearest .metaflow" in outputs
     assert f"{NAME}: 2 cycles, 6 trials" in outputs
     assert f"champion {champion.trial_id}: test accuracy (one run) {champion.test_value:.4f}" in (
         outputs

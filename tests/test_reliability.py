@@ -25,7 +25,7 @@ import pytest
 
 from factory_lib.cycle.plan import plan_cycle
 from factory_lib.objective import load_objective
-from factory_lib.runs.client import DamagedRunError, latest_cycle
+from factory_lib.runs.client import DamagedRunError, branch_name, latest_cycle
 from factory_lib.runs.lease import (
     Datastore,
     DatastoreError,
@@ -42,7 +42,8 @@ SMOKE = load_objective(ROOT / "objectives" / "smoke.yaml")
 
 
 def _lease_file(root: str | Path, objective: str) -> Path:
-    return Path(root) / "CycleFlow" / "_leases" / f"{objective}.json"
+    """The lease of the objective's search on this user's own branch."""
+    return Path(root) / "CycleFlow" / "_leases" / f"{objective}@{branch_name()}.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,9 +111,10 @@ def test_factory_unlock_removes_a_lease_and_says_whose(datastore: str) -> None:
     assert lease is not None
     out = factory_cli("unlock", "smoke")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(f"smoke: removed the lease of {lease.describe()}")
+    search = f"smoke on {branch_name()}"
+    assert out.stdout.startswith(f"{search}: removed the lease of {lease.describe()}")
     assert not _lease_file(f"{datastore}/.metaflow", "smoke").exists()
-    assert factory_cli("unlock", "smoke").stdout == "smoke: no lease held\n"
+    assert factory_cli("unlock", "smoke").stdout == f"{search}: no lease held\n"
 
 
 def test_the_lease_on_s3_is_a_conditional_put(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,8 +127,8 @@ def test_the_lease_on_s3_is_a_conditional_put(aws: Aws, monkeypatch: pytest.Monk
     store = Datastore("s3", "s3://leases/metaflow")
     first, notices = take_lease(SMOKE, "CycleFlow/1", store)
     assert first is not None and notices == ()
-    assert first.where == "s3://leases/metaflow/CycleFlow/_leases/smoke.json"
-    key = "metaflow/CycleFlow/_leases/smoke.json"
+    key = f"metaflow/CycleFlow/_leases/smoke@{branch_name()}.json"
+    assert first.where == f"s3://leases/{key}"
     # the server refuses a second create: the lease cannot be taken twice at once
     with pytest.raises(ClientError, match="PreconditionFailed"):
         s3.put_object(Bucket="leases", Key=key, Body=b"{}", IfNoneMatch="*")
@@ -191,8 +193,11 @@ def test_two_cycles_at_once_refuse_and_an_overtaken_resume_stops(
     # The second cycle refused at its start, naming the running one and what to do.
     assert race.refused.returncode != 0
     said = race.refused.stdout + race.refused.stderr
-    assert f"objective 'breakage' is already running a cycle: CycleFlow/{race.crashed} (" in said
-    assert "factory unlock breakage" in said and "FACTORY_BREAK_LEASE=1" in said
+    on = branch_name()
+    assert (
+        f"'breakage' is already running a cycle on branch {on}: CycleFlow/{race.crashed} (" in said
+    )
+    assert f"factory unlock breakage --branch {on}" in said and "FACTORY_BREAK_LEASE=1" in said
 
     # The dead cycle's runtime is gone: the next cycle took its lease over and gave it back.
     assert f"took over the lease of CycleFlow/{race.crashed}" in race.after["start"].task.stdout

@@ -24,6 +24,8 @@ from tests.aws import Aws
 from tests.conftest import FLOW, ROOT, run_and_kill_after_first, write_objective
 from tests.scale_doc import ARGO, SFN, doc_command
 
+PRODUCTION = "dark_factory.prod"  # the flow's @project and its production branch
+
 pytestmark = pytest.mark.slow
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/dark-factory:latest"
 # The steps that train or export carry the objective's resources and retry a task that died
@@ -152,10 +154,12 @@ def test_doctor_names_each_problem(aws: Aws, profile: dict[str, str]) -> None:
 
 def test_step_functions_deploys_on_a_schedule(aws: Aws, profile: dict[str, str]) -> None:
     aws.shell(doc_command(f"{SFN} step-functions create\n"), env=profile)
-    rule = aws.client("events").describe_rule(Name="CycleFlow")
+    # deployed as the production search: named for the @project branch, so a deployment of
+    # another branch is a state machine of its own
+    rule = aws.client("events").describe_rule(Name=f"{PRODUCTION}.CycleFlow")
     assert rule["ScheduleExpression"] == "cron(0 */6 * * ? *)"
     machines = aws.client("stepfunctions").list_state_machines()["stateMachines"]
-    assert [m["name"] for m in machines] == ["CycleFlow"]
+    assert [m["name"] for m in machines] == [f"{PRODUCTION}.CycleFlow"]
 
     definition = json.loads(
         aws.shell(doc_command(f"{SFN} step-functions create --only-json"), env=profile)
@@ -199,7 +203,8 @@ def test_argo_template_has_foreach_gpu_and_self_trigger(aws: Aws, profile: dict[
         retries = TASK_RETRIES if heavy else 0
         assert f"--max-user-code-retries {retries} " in json.dumps(container), name
     triggers = json.loads(template["metadata"]["annotations"]["metaflow/triggers"])
-    assert [t["name"] for t in triggers] == ["metaflow.CycleFlow.end"]
+    # each production cycle starts the next production cycle, and no other branch's
+    assert [t["name"] for t in triggers] == [f"metaflow.{PRODUCTION}.CycleFlow.end"]
 
 
 def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(

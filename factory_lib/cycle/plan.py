@@ -19,7 +19,14 @@ from factory_lib.objective import Objective, search_space_changes
 from factory_lib.propose.llm.report import KEY_VARIABLE
 from factory_lib.records import Proposal, TrialRecord, TrialResult
 from factory_lib.registry.gate import Champion
-from factory_lib.runs.client import Chain, chain_from, latest_cycle, newest_cycle
+from factory_lib.runs.client import (
+    Chain,
+    chain_from,
+    default_branch,
+    latest_cycle,
+    newest_cycle,
+    nothing_found,
+)
 from factory_lib.runs.env import OomMark
 from factory_lib.runs.lease import Lease
 from factory_lib.train.prune import Curves, history_curves
@@ -53,6 +60,9 @@ class CyclePlan:
     # The kernel's OOM kill count where the cycle started: a task that died is named out of
     # memory when it rose (runs.env.oom_note).
     oom_mark: OomMark | None = None
+    # The @project branch the search lives on (runs.client.branch_name); None in runs from
+    # before branches.
+    branch: str | None = None
 
     @property
     def history(self) -> tuple[TrialRecord, ...]:
@@ -73,15 +83,22 @@ def plan_cycle(
     run_id: str | None,
     fresh: bool = False,
     from_run: str | None = None,
+    branch: str | None = None,
 ) -> CyclePlan:
-    """Find the previous cycle (unless `fresh`; `from_run` names it explicitly), checked
-    (runs.client.chain_from), check the budget and describe the data."""
+    """Find the previous cycle of the search on `branch` (unless `fresh`; `from_run` names it
+    explicitly), checked (runs.client.chain_from), check the budget and describe the data."""
     if fresh and from_run:
         raise ValueError("--fresh starts a new search and --from-run continues one: choose one")
+    branch = default_branch(branch)
     chain = (
-        Chain(previous=None, newest=newest_cycle(flow_name, objective.name, exclude_run=run_id))
+        Chain(
+            previous=None,
+            newest=newest_cycle(flow_name, objective.name, exclude_run=run_id, branch=branch),
+        )
         if fresh
-        else chain_from(flow_name, objective.name, exclude_run=run_id, from_run=from_run)
+        else chain_from(
+            flow_name, objective.name, exclude_run=run_id, from_run=from_run, branch=branch
+        )
     )
     previous = chain.previous
     cycle = chain.last_cycle + 1 if previous else 1
@@ -95,6 +112,8 @@ def plan_cycle(
         )
     data, preprocessing = describe_data(objective)
     notices = list(chain.notices)
+    if previous is None and not fresh:
+        notices.append(f"a new search: {nothing_found(objective.name, branch, flow_name)}")
     notices += [f"data {data.name}: {note}" for note in data.notes]  # skipped files, dropped rows
     seeds = objective.promotion.seeds
     if seeds > 1:  # announced: training that the cycle pays for after its trials
@@ -129,7 +148,7 @@ def plan_cycle(
         )
     warm: tuple[TrialRecord, ...] = ()
     if objective.proposers.warm_start:
-        other = latest_cycle(flow_name, objective.proposers.warm_start)
+        other = latest_cycle(flow_name, objective.proposers.warm_start, branch=branch)
         warm = other.history if other else ()
         notices.append(
             f"warm start: the Optuna study is seeded with {len(warm)} trials of objective "
@@ -150,6 +169,7 @@ def plan_cycle(
         newest_cycle=chain.newest,
         retired_cycles=chain.retired_cycles,
         space_changes=changes,
+        branch=branch,
     )
 
 

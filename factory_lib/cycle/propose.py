@@ -41,12 +41,13 @@ def open_cycle(
     run_id: str,
     fresh: bool = False,
     from_run: str | None = None,
+    branch: str | None = None,
 ) -> tuple[CyclePlan, ProposalBatch]:
-    """The start step: take the objective's lease (runs.lease), plan the cycle (`plan_cycle`),
+    """The start step: take the search's lease (runs.lease), plan the cycle (`plan_cycle`),
     then propose. A start that fails gives the lease back: there is nothing to resume."""
-    lease, notices = take_lease(objective, f"{flow_name}/{run_id}")
+    lease, notices = take_lease(objective, f"{flow_name}/{run_id}", branch=branch)
     try:
-        plan = plan_cycle(objective, flow_name, run_id, fresh, from_run)
+        plan = plan_cycle(objective, flow_name, run_id, fresh, from_run, branch)
         plan = replace(plan, lease=lease, notices=(*notices, *plan.notices), oom_mark=oom_mark())
         return plan, propose_cycle(plan)
     except BaseException:

@@ -134,16 +134,19 @@ class BudgetStatus:
 
 
 def load_cycles(
-    objective_name: str, flow_name: str = FLOW_NAME, all_searches: bool = False
+    objective_name: str,
+    flow_name: str = FLOW_NAME,
+    all_searches: bool = False,
+    branch: str | None = None,
 ) -> list[CycleView]:
-    """The successful cycles of an objective, oldest first, retired ones (`retired` set)
-    included.
+    """The successful cycles of an objective on a branch (yours by default), oldest first,
+    retired ones (`retired` set) included.
 
     By default only the latest search (from its newest cycle 1 that is not retired on):
     `--fresh` starts a new search under the same tag, and its cycle numbers start again at 1.
     """
     views: list[CycleView] = []
-    for run in cycle_runs(flow_name, objective_name):  # newest first
+    for run in cycle_runs(flow_name, objective_name, branch=branch):  # newest first
         views.append(replace(CycleView.of(read_cycle(run)), retired=retirement_of(run)))
         if views[-1].cycle == 1 and views[-1].retired is None and not all_searches:
             break

@@ -4,6 +4,7 @@ factory loop --cycles 5                          # 5 more cycles of objectives/d
 factory loop --cycles 3 --objective wine --trials 4 --epochs 10
 factory loop --cycles 2 --config path/to/objective.yaml --fresh [--json]
 factory status [--objective digits] [--json]     # the cycles of a search, one row each
+factory status --objective digits --production   # another branch's search (also --branch NAME)
 factory show c002-t05 [--objective digits] [--json]   # one trial's record, and which search
 factory export-optuna --objective digits sqlite:///digits.db   # history as an Optuna study
 factory profile --stack dark-factory --image IMAGE   # Metaflow profile `aws` from the stack
@@ -12,13 +13,17 @@ factory unlock digits                            # remove the lease a dead cycle
 factory check objectives/*.yaml                  # refused mistakes, data, models, rough cost
 factory retire 1733000000000002 --objective digits --reason "typo in the search space"
 factory unretire 1733000000000002 --objective digits   # while no cycle has run since
+factory adopt --objective digits                 # runs from before branches: your branch's
+factory promote --objective digits --reason "beats prod"   # your champion into production
+
+Every command that reads a search reads your own branch (user.<you>) unless given `--branch
+NAME` or `--production` (docs/branches.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -28,7 +33,9 @@ from typing import Any
 from factory_lib.objective import ObjectiveError, objective_path
 from factory_lib.ops.loop import FLOW_FILE, loop
 from factory_lib.ops.profile import ProfileError
-from factory_lib.runs.client import FLOW_NAME, DamagedRunError
+from factory_lib.runs.branches import BranchError
+from factory_lib.runs.client import FLOW_NAME, DamagedRunError, branch_name
+from factory_lib.runs.env import prepare_reader, user_name
 from factory_lib.runs.lease import DatastoreError
 from factory_lib.runs.retire import RetireError
 
@@ -40,12 +47,13 @@ def status(args: argparse.Namespace) -> int:
     from factory_lib.explore.analysis import budget_status, cycle_summaries, latest, search_of
     from factory_lib.explore.report import status_table
 
-    cycles = _cycles(args.objective)
+    cycles = _cycles(args)
     summaries = cycle_summaries(cycles)
     b = budget_status(latest(cycles))
     if args.json:
         report = {
             "objective": args.objective,
+            "branch": args.branch,
             "search": search_of(cycles),
             "cycles": [s.model_dump(mode="json") for s in summaries],
             "budget": {**asdict(b), "cycles_left": b.cycles_left},
@@ -53,6 +61,7 @@ def status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=1))
         return 0
     console = Console()
+    console.print(f"branch {args.branch}")
     console.print(status_table(args.objective, summaries))
     console.print(
         f"budget: {b.cycles_used} of {b.max_cycles} cycles, {b.cycles_left} left; "
@@ -69,7 +78,7 @@ def show(args: argparse.Namespace) -> int:
     from factory_lib.explore.analysis import find_trial, latest, search_of
     from factory_lib.explore.report import trial_panel
 
-    cycles = _cycles(args.objective)
+    cycles = _cycles(args)
     where = search_of(cycles)
     record = find_trial(latest(cycles).history, args.trial, where)
     if args.json:
@@ -86,7 +95,7 @@ def export(args: argparse.Namespace) -> int:
 
     from factory_lib.explore.analysis import export_optuna, latest
 
-    view = latest(_cycles(args.objective))
+    view = latest(_cycles(args))
     try:
         study = export_optuna(view.objective, view.history, args.storage, args.study_name)
     except DuplicatedStudyError:
@@ -101,18 +110,17 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cycles(objective_name: str) -> list[Any]:
-    """The cycles of an objective's latest search; LookupError when there are none."""
-    from factory_lib.runs.env import ensure_metaflow_user
-
-    ensure_metaflow_user()  # before Metaflow reads its configuration
+def _cycles(args: argparse.Namespace) -> list[Any]:
+    """The cycles of the latest search of `--objective` on `--branch`; LookupError, saying
+    where it looked, when there are none."""
     from factory_lib.explore.analysis import load_cycles
+    from factory_lib.runs.client import flow_command, nothing_found
 
-    cycles = load_cycles(objective_name, FLOW_NAME)
+    cycles = load_cycles(args.objective, FLOW_NAME, branch=args.branch)
     if not cycles:
         raise LookupError(
-            f"objective {objective_name!r} has no successful cycle yet: "
-            "run `python flows/cycle.py run` (or `factory loop`) first"
+            f"{nothing_found(args.objective, args.branch)} Run `{flow_command(args.branch)}` "
+            "(or `factory loop`) first."
         )
     return cycles
 
@@ -154,8 +162,9 @@ def drift_command(args: argparse.Namespace) -> int:
     """Score the champion on new labelled data; exit 0 either way, the report says."""
     from factory_lib.ops.drift import check_drift, load_labelled
 
-    data = _cycles(args.objective)[-1].objective.data
-    report = check_drift(args.objective, *load_labelled(args.data, data.target), FLOW_NAME)
+    data = _cycles(args)[-1].objective.data
+    labelled = load_labelled(args.data, data.target)
+    report = check_drift(args.objective, *labelled, FLOW_NAME, branch=args.branch)
     print(report.model_dump_json(indent=1) if args.json else "\n".join(report.lines()))
     return 0
 
@@ -164,9 +173,10 @@ def versions_command(args: argparse.Namespace) -> int:
     """Print the objective's promotion log."""
     from factory_lib.runs.champions import versions
 
-    _cycles(args.objective)  # a clear error when there is no cycle yet
-    for e in versions(args.objective):
-        print(f"{e.at}  {e.kind:<9} {e.trial_id:<10} {e.actor:<16} {e.run}  {e.reason}")
+    _cycles(args)  # a clear error when there is no cycle yet
+    for e in versions(args.objective, args.branch):
+        trial = f"{e.trial_id}@{e.branch}" if e.branch else e.trial_id
+        print(f"{e.at}  {e.kind:<13} {trial:<10} {e.actor:<16} {e.run}  {e.reason}")
     return 0
 
 
@@ -176,24 +186,26 @@ def registry_command(args: argparse.Namespace) -> int:
     from factory_lib.runs.champions import record_decision
     from factory_lib.runs.client import find_version, latest_cycle
 
-    _cycles(args.objective)
-    state = latest_cycle(FLOW_NAME, args.objective)
+    _cycles(args)
+    state = latest_cycle(FLOW_NAME, args.objective, branch=args.branch)
     assert state is not None
     kind: EventKind
     if args.command == "rollback":
         trial, kind = args.to, "rollback"
-        find_version(FLOW_NAME, args.objective, trial)  # LookupError if it never was champion
+        # LookupError if it never was champion
+        find_version(FLOW_NAME, args.objective, trial, args.branch)
     else:
         if state.pending is None:
             print(
-                f"factory: {args.objective!r} has no promotion awaiting approval", file=sys.stderr
+                f"factory: {args.objective!r} on {args.branch} has no promotion awaiting approval",
+                file=sys.stderr,
             )
             return 1
         trial, kind = (
             state.pending.trial_id,
             "approved" if args.command == "approve" else "rejected",
         )
-    actor = os.environ.get("METAFLOW_USER") or os.environ.get("USER") or "unknown"
+    actor = _actor()
     record_decision(state, kind, trial, actor, args.reason)
     print(f"{kind} {trial} on {state.run_pathspec} by {actor}")
     return 0
@@ -201,18 +213,16 @@ def registry_command(args: argparse.Namespace) -> int:
 
 def unlock_command(args: argparse.Namespace) -> int:
     """Remove an objective's lease, so that a new cycle can start; say whose it was."""
-    from factory_lib.runs.env import ensure_metaflow_user
-
-    ensure_metaflow_user()  # before Metaflow reads its configuration
     from factory_lib.runs.lease import unlock
 
-    removed = unlock(args.objective)
+    removed = unlock(args.objective, branch=args.branch)
+    search = f"{args.objective} on {args.branch}"
     if removed is None:
-        print(f"{args.objective}: no lease held")
+        print(f"{search}: no lease held")
     elif isinstance(removed, str):
-        print(f"{args.objective}: removed an unreadable lease ({removed})")
+        print(f"{search}: removed an unreadable lease ({removed})")
     else:
-        print(f"{args.objective}: removed the lease of {removed.describe()}")
+        print(f"{search}: removed the lease of {removed.describe()}")
         print(f"(should {removed.run} still be running, it stops if a newer cycle finishes first)")
     return 0
 
@@ -235,27 +245,72 @@ def check_command(args: argparse.Namespace) -> int:
 
 def retire_command(args: argparse.Namespace) -> int:
     """Tag a cycle retired (or no longer), so that the search passes over it (or not)."""
-    from factory_lib.runs.env import ensure_metaflow_user
-
-    ensure_metaflow_user()  # before Metaflow reads its configuration
     from factory_lib.runs.client import cycle_runs
     from factory_lib.runs.retire import retire_cycle, unretire_cycle
 
     if args.command == "unretire":
-        done = unretire_cycle(FLOW_NAME, args.objective, args.run)
+        done = unretire_cycle(FLOW_NAME, args.objective, args.run, args.branch)
         print(f"{done.run} is no longer retired (it was {done.describe()})")
         return 0
-    actor = os.environ.get("METAFLOW_USER") or os.environ.get("USER") or "unknown"
-    done = retire_cycle(FLOW_NAME, args.objective, args.run, args.reason, actor)
-    live = cycle_runs(FLOW_NAME, args.objective, retired=False)
+    done = retire_cycle(FLOW_NAME, args.objective, args.run, args.reason, _actor(), args.branch)
+    live = cycle_runs(FLOW_NAME, args.objective, retired=False, branch=args.branch)
     way_on = f"continues from {live[0].pathspec}" if live else "starts a new search"
     print(f"{done.run} {done.describe()}")
     print(f"the next cycle of {args.objective!r} {way_on}; `factory unretire` undoes this")
     return 0
 
 
+def adopt_command(args: argparse.Namespace) -> int:
+    """Make an objective's runs from before branches the history of a branch."""
+    from factory_lib.runs.branches import adopt
+
+    adopted = adopt(FLOW_NAME, args.objective, args.branch, _actor())
+    print(
+        f"{args.objective}: {len(adopted)} run(s) from before branches adopted into "
+        f"{args.branch}; its next cycle continues from {adopted[0]}"
+    )
+    return 0
+
+
+def promote_command(args: argparse.Namespace) -> int:
+    """Make a branch's champion (or an earlier one) the champion of another branch
+    (production by default), the approval recorded."""
+    from factory_lib.runs.branches import promote_into
+
+    target = branch_name(args.to)
+    event = promote_into(
+        FLOW_NAME, args.objective, args.branch, target, args.trial, _actor(), args.reason
+    )
+    if event is None:
+        print(
+            f"{args.objective}: that model of {args.branch} is the champion of {target} "
+            "already: nothing recorded"
+        )
+        return 0
+    print(
+        f"{args.objective}: {event.trial_id} of {event.branch} is now the champion of {target}, "
+        f"approved by {event.actor} (recorded on {event.run})"
+    )
+    return 0
+
+
+def _actor() -> str:
+    """Who a decision is recorded as."""
+    return user_name()
+
+
 def _objective_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default="digits", help="objective name (digits)")
+    _branch_options(p)
+
+
+def _branch_options(p: argparse.ArgumentParser, what: str = "the search") -> None:
+    p.add_argument(
+        "--branch",
+        help=f"branch of {what}: NAME as the flow's --branch (test.NAME), or a full name "
+        "(user.alice, test.quick_try, prod); default: yours, user.<you>",
+    )
+    p.add_argument("--production", action="store_true", help=f"{what} on the production branch")
 
 
 def _json_option(p: argparse.ArgumentParser, what: str) -> None:
@@ -274,6 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=0, help="max epochs (0: the budget's)")
     p.add_argument("--fresh", action="store_true", help="start a new search with the first cycle")
     p.add_argument("--max-workers", type=int, default=0, help="parallel train tasks (Metaflow's)")
+    _branch_options(p)
     p.add_argument("--flow", type=Path, default=FLOW_FILE, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="show the flows' own output")
     p.add_argument(
@@ -346,7 +402,20 @@ def _parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("unlock", help="remove the lease of an objective a dead cycle left")
     u.add_argument("objective", help="objective name")
+    _branch_options(u)
     u.set_defaults(func=unlock_command)
+    p = sub.add_parser("adopt", help="make the runs from before branches a branch's history")
+    _objective_option(p)
+    p.set_defaults(func=adopt_command)
+    p = sub.add_parser(
+        "promote", help="make a branch's champion the production champion (approval recorded)"
+    )
+    p.add_argument("--objective", default="digits", help="objective name (digits)")
+    _branch_options(p, "the search the champion comes from")
+    p.add_argument("--trial", help="trial id of an earlier champion (default: the current one)")
+    p.add_argument("--to", default="prod", help="branch it becomes champion of (prod)")
+    p.add_argument("--reason", required=True, help="why, recorded with your name as approval")
+    p.set_defaults(func=promote_command)
     return parser
 
 
@@ -355,6 +424,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "cycles", 1) < 1:
         print("factory: --cycles must be at least 1", file=sys.stderr)
         return 2
+    prepare_reader()  # before Metaflow reads its configuration
+    if hasattr(args, "branch"):
+        try:
+            args.branch = branch_name(args.branch, args.production)
+        except ValueError as exc:
+            print(f"factory: {exc}", file=sys.stderr)
+            return 2
     try:
         result: int = args.func(args)
     except (ObjectiveError, ProfileError) as exc:
@@ -363,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LookupError as exc:
         print(f"factory: {exc.args[0]}", file=sys.stderr)
         return 1
-    except (DamagedRunError, DatastoreError, RetireError) as exc:
+    except (DamagedRunError, DatastoreError, RetireError, BranchError) as exc:
         print(f"factory: {exc}", file=sys.stderr)
         return 1
     return result

@@ -86,17 +86,21 @@ def load_labelled(path: str | Path, target: str | None = None) -> tuple[Any, np.
 
 
 def check_drift(
-    objective_name: str, x: Any, y: np.ndarray, flow_name: str = "CycleFlow"
+    objective_name: str,
+    x: Any,
+    y: np.ndarray,
+    flow_name: str = "CycleFlow",
+    branch: str | None = None,
 ) -> DriftReport:
     """Score the champion on new labelled data and test its features for drift."""
     import torch
     from scipy import stats
 
     from factory_lib.evaluate import quality_metrics
-    from factory_lib.runs.client import latest_cycle
+    from factory_lib.runs.client import default_branch, latest_cycle
 
-    state = latest_cycle(flow_name, objective_name)
-    champion: ChampionModel = champion_of(state, objective_name)
+    state = latest_cycle(flow_name, objective_name, branch=branch)
+    champion: ChampionModel = champion_of(state, objective_name, default_branch(branch))
     package = champion.package
     objective = package.objective
     metric = objective.promotion_metric

@@ -74,13 +74,29 @@ class _CycleOutcome:
     stderr_tail: str
 
 
+def flow_branch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The flow's top-level @project options (`--branch`, `--production`) that run a cycle on
+    `args.branch` (a full branch name); BranchError for another user's branch."""
+    from factory_lib.runs.branches import BranchError
+    from factory_lib.runs.client import branch_name, flow_options
+
+    if args.branch.startswith("user.") and args.branch != branch_name():
+        raise BranchError(
+            f"a cycle runs on your own branch ({branch_name()}), a test. branch (--branch NAME) "
+            f"or production (--production), never on another user's ({args.branch})"
+        )
+    return flow_options(args.branch)
+
+
 async def _run_cycle(
     args: argparse.Namespace, path: Path, params: dict[str, Any], watch: _TrialWatch, out: TextIO
 ) -> _CycleOutcome:
     """Run one cycle through Runner, printing a line as each trial finishes."""
     from metaflow.runner.metaflow_runner import Runner
 
-    async with Runner(str(args.flow), config=[("objective", str(path))]) as runner:
+    async with Runner(
+        str(args.flow), config=[("objective", str(path))], **flow_branch_options(args)
+    ) as runner:
         running = await runner.async_run(**params)
         # Metaflow annotates stream_log as a plain Iterator; it is an async generator.
         async for _, text in running.stream_log("stdout"):  # type: ignore[attr-defined]
@@ -100,10 +116,8 @@ def loop(args: argparse.Namespace) -> int:
     with `loop_cycle`, `loop_cycles` and `seconds`); everything else goes to stderr."""
     import torch  # noqa: F401  before Runner: Metaflow's vendored typing_extensions (#2462)
 
-    from factory_lib.runs.client import Chain, chain_from
-    from factory_lib.runs.env import ensure_metaflow_user
+    from factory_lib.runs.client import Chain, chain_from, flow_command
 
-    ensure_metaflow_user()  # before Metaflow reads its configuration
     path = objective_file(args)
     objective = load_checked(path)
     budget = objective.budget
@@ -112,17 +126,23 @@ def loop(args: argparse.Namespace) -> int:
         from factory_lib.ops.drift import check_drift, load_labelled
 
         labelled = load_labelled(args.drift_data, objective.data.target)
-        report = check_drift(objective.name, *labelled, FLOW_NAME)
+        report = check_drift(objective.name, *labelled, FLOW_NAME, branch=args.branch)
         print("\n".join(report.lines()), file=out)
         if not report.warranted:
             print("stop: no drift, no cycle started", file=out)
             return 0
     print(
-        f"factory loop: {objective.name} ({path}), up to {args.cycles} cycles", file=out, flush=True
+        f"factory loop: {objective.name} ({path}) on {args.branch}, up to {args.cycles} cycles",
+        file=out,
+        flush=True,
     )
     for i in range(1, args.cycles + 1):
         fresh = args.fresh and i == 1
-        chain = Chain(None, None) if fresh else chain_from(FLOW_NAME, objective.name)
+        chain = (
+            Chain(None, None)
+            if fresh
+            else chain_from(FLOW_NAME, objective.name, branch=args.branch)
+        )
         state = chain.previous
         if chain.cycles_counted >= budget.max_cycles:  # as the start step counts: no retired
             print(
@@ -146,8 +166,8 @@ def loop(args: argparse.Namespace) -> int:
         if outcome.status != "successful":
             print(outcome.stderr_tail, file=sys.stderr)
             print(
-                f"cycle {i} failed: fix the cause, then `python {args.flow} resume` reruns "
-                "only what did not finish",
+                f"cycle {i} failed: fix the cause, then `{flow_command(args.branch, 'resume')}` "
+                "reruns only what did not finish",
                 file=sys.stderr,
             )
             return 1

@@ -1,4 +1,5 @@
-"""The promotion log: promotions, approvals, rejections and rollbacks, recorded as run tags."""
+"""The promotion log: promotions, approvals, rejections, rollbacks and champions promoted in
+from another branch, recorded as run tags."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from factory_lib.registry.gate import FrozenModel
 from factory_lib.registry.package import ChampionBundle
 
 REGISTRY_TAG = "registry"
-EventKind = Literal["promoted", "pending", "approved", "rejected", "rollback"]
+EventKind = Literal["promoted", "pending", "approved", "rejected", "rollback", "promoted_from"]
+# People's decisions, recorded as tags; the others are the gate's, recorded in history.
+DECISIONS = ("approved", "rejected", "rollback", "promoted_from")
 
 
 class RegistryEvent(FrozenModel):
@@ -21,6 +24,7 @@ class RegistryEvent(FrozenModel):
     at: str  # UTC, e.g. 20261126T051900Z
     actor: str
     reason: str = ""
+    branch: str = ""  # promoted_from: the branch whose champion (or candidate) this was
 
 
 def utc_stamp() -> str:
@@ -29,10 +33,14 @@ def utc_stamp() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def event_tag(kind: EventKind, trial_id: str, actor: str, reason: str = "") -> str:
-    """A run tag that records a person's registry decision on that cycle's run."""
+def event_tag(
+    kind: EventKind, trial_id: str, actor: str, reason: str = "", branch: str = ""
+) -> str:
+    """A run tag that records a person's registry decision on that cycle's run; `branch`
+    (promoted_from) names where the trial comes from."""
     clean = " ".join(reason.split())[:200]
-    return f"{REGISTRY_TAG}:{kind}:{trial_id}:{utc_stamp()}:{actor}:{clean}"
+    trial = f"{trial_id}@{branch}" if branch else trial_id
+    return f"{REGISTRY_TAG}:{kind}:{trial}:{utc_stamp()}:{actor}:{clean}"
 
 
 def events_from_tags(tags: Sequence[str], run: str) -> list[RegistryEvent]:
@@ -40,20 +48,18 @@ def events_from_tags(tags: Sequence[str], run: str) -> list[RegistryEvent]:
     found = []
     for tag in tags:
         parts = tag.split(":", 5)
-        if (
-            len(parts) == 6
-            and parts[0] == REGISTRY_TAG
-            and parts[1] in ("approved", "rejected", "rollback")
-        ):
+        if len(parts) == 6 and parts[0] == REGISTRY_TAG and parts[1] in DECISIONS:
             kind: Any = parts[1]
+            trial_id, _, branch = parts[2].partition("@")
             found.append(
                 RegistryEvent(
                     kind=kind,
-                    trial_id=parts[2],
+                    trial_id=trial_id,
                     run=run,
                     at=parts[3],
                     actor=parts[4],
                     reason=parts[5],
+                    branch=branch,
                 )
             )
     return sorted(found, key=lambda e: e.at)
@@ -63,11 +69,12 @@ def apply_events(
     bundle: ChampionBundle | None,
     pending: ChampionBundle | None,
     events: Sequence[RegistryEvent],
-    version: Callable[[str], ChampionBundle],
+    version: Callable[[RegistryEvent], ChampionBundle],
 ) -> tuple[ChampionBundle | None, ChampionBundle | None, tuple[RegistryEvent, ...]]:
     """The champion, the pending candidate and the applied events after people's decisions.
 
-    `version(trial_id)` finds a model that was ever champion or candidate (for a rollback).
+    `version(event)` finds the model a rollback names (one that was ever champion or candidate
+    of this search) or a promotion from another branch names (one of that branch's).
     """
     applied: list[RegistryEvent] = []
     for event in events:
@@ -76,8 +83,8 @@ def apply_events(
             bundle, pending = decided, None
         elif event.kind == "rejected" and decided is not None:
             pending = None
-        elif event.kind == "rollback":
-            bundle = version(event.trial_id)
+        elif event.kind in ("rollback", "promoted_from"):
+            bundle = version(event)
         else:
             continue
         applied.append(event)

@@ -9,14 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from factory_lib.history import CycleState, champion_of, numbering_problem, state_of
 from factory_lib.records import Proposal
 from factory_lib.registry import ChampionBundle, apply_events, events_from_tags
+from factory_lib.runs.env import DATASTORE_DIR, DATASTORE_VARIABLE, find_local_datastore
 
 FLOW_NAME = "CycleFlow"
+# The flow's @project: a search is an objective on one of its branches (`user.<name>` by
+# default, `test.<name>` with --branch, `prod` with --production).
+PROJECT = "dark_factory"
 OBJECTIVE_TAG = "objective:{}"
+# Metaflow's system tag for a run's branch, and the user tag `factory adopt` puts on a run from
+# before branches: "adopted:<branch>:<UTC stamp>:<who>".
+BRANCH_TAG = "project_branch"
+ADOPTED_TAG = "adopted"
 # A retired cycle's run tag: "retired:<UTC stamp>:<who>:<why>" (runs.retire writes it).
 RETIRED_TAG = "retired"
 # What a signal that ended a task usually means.
@@ -29,6 +38,60 @@ SIGNAL_NOTES = {
 
 def objective_tag(name: str) -> str:
     return OBJECTIVE_TAG.format(name)
+
+
+def branch_name(branch: str | None = None, production: bool = False) -> str:
+    """The branch a search lives on, named as the flow's `--branch`/`--production` name it:
+    `user.<you>` by default, `test.<branch>`, `prod`, `prod.<branch>`; a full name (`user.alice`,
+    `test.quick_try`, `prod`) is taken as it is. ValueError for a name Metaflow refuses."""
+    from metaflow.exception import MetaflowException
+    from metaflow.plugins.project_decorator import format_name
+    from metaflow.util import get_username
+
+    kind, dot, rest = (branch or "").partition(".")
+    if branch == "prod" or (dot and kind in ("user", "test", "prod") and rest):
+        if production:
+            raise ValueError(f"--branch {branch} is a full branch name: leave out --production")
+        return str(branch)
+    try:
+        user = get_username()  # type: ignore[no-untyped-call]
+        return str(format_name(FLOW_NAME, PROJECT, production, branch, user)[1])  # type: ignore[no-untyped-call]
+    except MetaflowException as exc:
+        raise ValueError(f"--branch {branch}: {exc.message}") from None
+
+
+def flow_options(branch: str) -> dict[str, Any]:
+    """The flow's top-level @project options that run on a branch: {"production": True,
+    "branch": NAME} for prod(.NAME), {"branch": NAME} for test.NAME, none for a user branch
+    (whose user runs it)."""
+    kind, _, name = branch.partition(".")
+    options: dict[str, Any] = {"production": True} if kind == "prod" else {}
+    return {**options, "branch": name} if name and kind != "user" else options
+
+
+def flow_command(branch: str, command: str = "run") -> str:
+    """The flow's command line for a branch, e.g. `python flows/cycle.py --production run`."""
+    options = "".join(
+        f" --{k}" if v is True else f" --{k} {v}" for k, v in flow_options(branch).items()
+    )
+    return f"python flows/cycle.py{options} {command}"
+
+
+def default_branch(branch: str | None) -> str:
+    """`branch`, or this user's own branch where it is None."""
+    return branch if branch is not None else branch_name()
+
+
+def branch_of(run: Any) -> str | None:
+    """The branch a run (a metaflow.Run) belongs to: the one it ran on, or the one `factory
+    adopt` gave a run from before branches; None for such a run not adopted."""
+    for tag in run.system_tags:
+        if tag.startswith(f"{BRANCH_TAG}:"):
+            return str(tag.partition(":")[2])
+    for tag in sorted(run.user_tags):
+        if tag.startswith(f"{ADOPTED_TAG}:"):
+            return str(tag.split(":")[1])
+    return None
 
 
 @dataclass(frozen=True)
@@ -136,8 +199,8 @@ class _CheckedData:
             ) from exc
 
 
-def search_runs(flow_name: str, objective_name: str) -> list[Any]:
-    """Every run tagged `objective:<name>` (finished or not), newest first (metaflow.Run)."""
+def objective_runs(flow_name: str, objective_name: str) -> list[Any]:
+    """Every run tagged `objective:<name>` on any branch (finished or not), newest first."""
     from metaflow.client.core import Flow
     from metaflow.exception import MetaflowNotFound
 
@@ -149,23 +212,76 @@ def search_runs(flow_name: str, objective_name: str) -> list[Any]:
     return sorted(runs, key=lambda r: r.created_at, reverse=True)
 
 
-def cycle_runs(flow_name: str, objective_name: str, retired: bool = True) -> list[Any]:
-    """The successful cycles of an objective, newest first (metaflow.Run objects); without
+def search_runs(flow_name: str, objective_name: str, branch: str | None = None) -> list[Any]:
+    """The runs of a search: tagged `objective:<name>` on `branch` (this user's by default),
+    finished or not, newest first (metaflow.Run)."""
+    branch = default_branch(branch)
+    with all_namespaces():
+        return [r for r in objective_runs(flow_name, objective_name) if branch_of(r) == branch]
+
+
+def unscoped_runs(flow_name: str, objective_name: str) -> list[Any]:
+    """The runs of an objective from before branches that no branch has adopted, newest first."""
+    with all_namespaces():
+        return [r for r in objective_runs(flow_name, objective_name) if branch_of(r) is None]
+
+
+def where_runs_are() -> str:
+    """Where this process reads runs from, for messages that found nothing."""
+    from metaflow.metaflow_config import DEFAULT_METADATA, SERVICE_URL
+
+    if DEFAULT_METADATA != "local":
+        return f"the metadata service {SERVICE_URL}"
+    found = find_local_datastore()
+    where = found.describe() if found else f"the local datastore {Path.cwd() / DATASTORE_DIR}"
+    return (
+        f"{where}; point at another with {DATASTORE_VARIABLE}=<the folder that holds "
+        f"{DATASTORE_DIR}>"
+    )
+
+
+def nothing_found(objective_name: str, branch: str | None, flow_name: str = FLOW_NAME) -> str:
+    """Why a search has nothing to read: where it looked, and the branches (and runs from
+    before branches) that do hold cycles of the objective."""
+    branch = default_branch(branch)
+    message = f"objective {objective_name!r} has no successful cycle on branch {branch} yet"
+    with all_namespaces():
+        others = sorted({branch_of(r) or "" for r in objective_runs(flow_name, objective_name)})
+    named = [b for b in others if b and b != branch]
+    if named:
+        message += f"; branches with runs of it: {', '.join(named)} (--branch NAME reads one)"
+    if "" in others:
+        message += (
+            f"; it has runs from before branches: `factory adopt --objective {objective_name}` "
+            f"makes them the history of {branch}"
+        )
+    return f"{message}. Looked in {where_runs_are()}."
+
+
+def cycle_runs(
+    flow_name: str, objective_name: str, retired: bool = True, branch: str | None = None
+) -> list[Any]:
+    """The successful cycles of a search, newest first (metaflow.Run objects); without
     `retired`, those that are not retired."""
     with all_namespaces():
         return [
             r
-            for r in search_runs(flow_name, objective_name)
+            for r in search_runs(flow_name, objective_name, branch)
             if r.successful and (retired or retirement_of(r) is None)
         ]
 
 
-def newest_cycle(flow_name: str, objective_name: str, exclude_run: str | None = None) -> str | None:
-    """The pathspec of the objective's newest successful cycle, or None. Asks runs whether
+def newest_cycle(
+    flow_name: str,
+    objective_name: str,
+    exclude_run: str | None = None,
+    branch: str | None = None,
+) -> str | None:
+    """The pathspec of the search's newest successful cycle, or None. Asks runs whether
     they succeeded (a datastore read each) newest first, only until one has: a long search
     costs no more than a short one."""
     with all_namespaces():
-        runs = (r for r in search_runs(flow_name, objective_name) if r.id != exclude_run)
+        runs = (r for r in search_runs(flow_name, objective_name, branch) if r.id != exclude_run)
         return next((r.pathspec for r in runs if r.successful), None)
 
 
@@ -199,6 +315,7 @@ def chain_from(
     objective_name: str,
     exclude_run: str | None = None,
     from_run: str | None = None,
+    branch: str | None = None,
 ) -> Chain:
     """What the next cycle of an objective continues, checked.
 
@@ -209,7 +326,8 @@ def chain_from(
     (retired, or newer than `from_run`) keep their cycle and trial numbers.
     """
     with all_namespaces():
-        runs = [r for r in search_runs(flow_name, objective_name) if r.id != exclude_run]
+        branch = default_branch(branch)
+        runs = [r for r in search_runs(flow_name, objective_name, branch) if r.id != exclude_run]
         retired = {r.id: retirement_of(r) for r in runs}
         live = [r for r in runs if retired[r.id] is None]
         newest = next((r.pathspec for r in runs if r.successful), None)
@@ -218,7 +336,7 @@ def chain_from(
             return [r for r in live if r.successful]
 
         if from_run:
-            base = _tagged_run(runs, flow_name, objective_name, from_run)
+            base = _tagged_run(runs, flow_name, objective_name, from_run, branch)
             gone = retired[base.id]
             if gone is not None:
                 raise LookupError(
@@ -247,7 +365,9 @@ def chain_from(
                 state.bundle,
                 state.pending,
                 tag_events,
-                lambda trial_id: find_version(flow_name, objective_name, trial_id),
+                lambda event: find_version(
+                    flow_name, objective_name, event.trial_id, event.branch or branch
+                ),
             )
         )
         last_cycle, last_number = (
@@ -278,11 +398,12 @@ def latest_cycle(
     objective_name: str,
     exclude_run: str | None = None,
     from_run: str | None = None,
+    branch: str | None = None,
 ) -> CycleState | None:
-    """The state left by the latest successful cycle of this objective (or by `from_run`), with
-    people's registry decisions (approve, reject, rollback: tags on its run) applied; checked
-    as `chain_from` says."""
-    return chain_from(flow_name, objective_name, exclude_run, from_run).previous
+    """The state left by the latest successful cycle of this search (or by `from_run`), with
+    people's registry decisions (approve, reject, rollback, promote: tags on its run) applied;
+    checked as `chain_from` says."""
+    return chain_from(flow_name, objective_name, exclude_run, from_run, branch).previous
 
 
 def _newer_than(runs: list[Any], base: Any) -> list[Any]:
@@ -290,13 +411,16 @@ def _newer_than(runs: list[Any], base: Any) -> list[Any]:
     return [r for r in runs if base is None or r.created_at > base.created_at]
 
 
-def _tagged_run(runs: list[Any], flow_name: str, objective_name: str, run_id: str) -> Any:
-    """The run `--from-run` names: a successful cycle of this objective."""
+def _tagged_run(
+    runs: list[Any], flow_name: str, objective_name: str, run_id: str, branch: str
+) -> Any:
+    """The run `--from-run` names: a successful cycle of this search."""
     found = [r for r in runs if r.id == run_id]
     if not found:
         raise LookupError(
             f"--from-run {run_id}: {flow_name}/{run_id} is not a cycle of objective "
-            f"{objective_name!r} (no run tagged {objective_tag(objective_name)} has that id)"
+            f"{objective_name!r} on branch {branch} (no run tagged "
+            f"{objective_tag(objective_name)} on it has that id)"
         )
     if not found[0].successful:
         raise DamagedRunError(found[0].pathspec, _unfinished(found[0], objective_name))
@@ -359,17 +483,20 @@ def _numbers_used(run: Any) -> tuple[int, int, tuple[str, ...]]:
     return cycle, number, tuple(notices)
 
 
-def find_version(flow_name: str, objective_name: str, trial_id: str) -> ChampionBundle:
-    """A trial that was ever champion or candidate of an objective (in a cycle that is not
+def find_version(
+    flow_name: str, objective_name: str, trial_id: str, branch: str | None = None
+) -> ChampionBundle:
+    """A trial that was ever champion or candidate of a search (in a cycle that is not
     retired), with its package."""
-    for run in cycle_runs(flow_name, objective_name, retired=False):
+    for run in cycle_runs(flow_name, objective_name, retired=False, branch=branch):
         with all_namespaces():  # the champion artifacts alone: not every cycle's history
             data = end_data(run)
             for bundle in (champion_of(data), getattr(data, "pending", None)):
                 if bundle is not None and bundle.trial_id == trial_id:
                     return bundle
     raise LookupError(
-        f"objective {objective_name!r} never had {trial_id!r} as champion or candidate"
+        f"objective {objective_name!r} never had {trial_id!r} as champion or candidate on "
+        f"branch {default_branch(branch)}"
     )
 
 

@@ -1,18 +1,94 @@
-"""The process environment a run needs before Metaflow is imported: a user name, local workers;
-before a run starts, a datastore it can write to; and what the kernel says about processes it
-killed for memory."""
+"""The process environment a run needs before Metaflow is imported: a user name, local workers,
+the project's one local datastore wherever the command is run from; before a run starts, a
+datastore it can write to; and what the kernel says about processes it killed for memory."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import pwd
 import socket
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_USER = "factory"
+# Metaflow's own setting for the folder that holds the local datastore (`.metaflow`).
+DATASTORE_VARIABLE = "METAFLOW_DATASTORE_SYSROOT_LOCAL"
+DATASTORE_DIR = ".metaflow"
+# How `use_local_datastore` found the folder it set DATASTORE_VARIABLE to: "<folder>\n<how>".
+FOUND_VARIABLE = "FACTORY_DATASTORE_FOUND"
+# The checkout factory_lib runs from, when it is one (an editable install, or run in place).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class LocalDatastore:
+    """Where the local datastore is (`folder/.metaflow`) and how it was found."""
+
+    folder: Path
+    how: str
+
+    @property
+    def path(self) -> Path:
+        return self.folder / DATASTORE_DIR
+
+    def describe(self) -> str:
+        return f"the local datastore {self.path} ({self.how})"
+
+
+def find_local_datastore(cwd: Path | None = None) -> LocalDatastore | None:
+    """The project's local datastore, the same from any folder: the one named by
+    METAFLOW_DATASTORE_SYSROOT_LOCAL; else the nearest `.metaflow` at or above the working
+    directory (where Metaflow looks); else the repository root's, when factory_lib runs from a
+    checkout; None when none of these applies (Metaflow then makes one in the working directory).
+    """
+    named = os.environ.get(DATASTORE_VARIABLE)
+    if named:
+        found, _, how = os.environ.get(FOUND_VARIABLE, "").partition("\n")
+        return LocalDatastore(Path(named), how if found == named else DATASTORE_VARIABLE)
+    cwd = cwd or Path.cwd()
+    for folder in (cwd, *cwd.parents):
+        if (folder / DATASTORE_DIR).is_dir():
+            return LocalDatastore(folder, f"the nearest {DATASTORE_DIR} at or above {cwd}")
+    if (REPO_ROOT / "flows" / "cycle.py").is_file():
+        return LocalDatastore(REPO_ROOT, f"the repository root: no {DATASTORE_DIR} above {cwd}")
+    return None
+
+
+def use_local_datastore() -> LocalDatastore | None:
+    """Point this process (and the runs it starts) at `find_local_datastore()`'s datastore.
+
+    Call it before Metaflow is imported, in a process that starts or reads runs, never in a
+    task (a task uses the datastore its run was started with). Where Metaflow is already
+    imported and has not yet settled on a local root, it is told too.
+    """
+    found = find_local_datastore()
+    if found is None:
+        return None
+    os.environ[DATASTORE_VARIABLE] = str(found.folder)
+    os.environ[FOUND_VARIABLE] = f"{found.folder}\n{found.how}"
+    storage = sys.modules.get("metaflow.plugins.datastores.local_storage")
+    if storage is not None and storage.LocalStorage.datastore_root is None:
+        storage.LocalStorage.SYSROOT_VAR = str(found.folder)
+    return found
+
+
+def prepare_reader() -> LocalDatastore | None:
+    """What a process that reads or starts runs needs before Metaflow is imported: a user name
+    and the project's local datastore (returned, for messages)."""
+    ensure_metaflow_user()
+    return use_local_datastore()
+
+
+def user_name() -> str:
+    """Who runs this process, as Metaflow names its user (leases, decisions, adoption)."""
+    for variable in ("METAFLOW_USER", "USERNAME", "USER"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    return getpass.getuser()
 
 
 def ensure_metaflow_user() -> None:

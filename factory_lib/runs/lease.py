@@ -1,9 +1,13 @@
-"""One cycle at a time per search: a lease per objective, kept in the run's own datastore.
+"""One cycle at a time per search: a lease per objective and branch, kept in the run's own
+datastore.
 
-    start  `take_lease`: an exclusive create of <datastore root>/<flow>/_leases/<objective>.json
+    start  `take_lease`: an exclusive create of
+           <datastore root>/<flow>/_leases/<objective>@<branch>.json
            (local: a hard link from a finished temporary file, as atomic as O_CREAT|O_EXCL and
            never seen half written; S3: a conditional PUT, `If-None-Match: *`)
-    join   `check_not_superseded`: no newer cycle of the objective finished since this one was
+    join   `check_branch`: the run goes on on the branch it was planned on (a `resume` without
+           the same --branch/--production would move it to another search);
+           `check_not_superseded`: no newer cycle of the search finished since this one was
            planned (a `resume` of an older run would fork the search's history)
     end    `publish_cycle`: the same check, then the run tag `objective:<name>` (the next cycle
            chains from here), then the lease given back
@@ -22,7 +26,6 @@ search for it until it goes stale.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import os
 import socket
@@ -37,7 +40,15 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from factory_lib.objective import Objective
-from factory_lib.runs.client import FLOW_NAME, all_namespaces, newest_cycle, objective_tag
+from factory_lib.runs.client import (
+    FLOW_NAME,
+    all_namespaces,
+    default_branch,
+    flow_command,
+    newest_cycle,
+    objective_tag,
+)
+from factory_lib.runs.env import user_name
 
 LEASE_DIR = "_leases"
 # Set to 1: the start step takes the lease over from whoever holds it (the holder is named).
@@ -55,6 +66,10 @@ class LeaseHeld(RuntimeError):
 
 class Superseded(RuntimeError):
     """A newer cycle of the objective finished after this one was planned."""
+
+
+class BranchMoved(RuntimeError):
+    """A run resumed on another branch than the one its cycle was planned on."""
 
 
 class DatastoreError(RuntimeError):
@@ -75,6 +90,7 @@ class Lease(BaseModel):
     expires_at: datetime
     token: str  # tells this lease from a later one of the same run
     where: str  # the lease file: a local path or an s3:// URL
+    branch: str | None = None  # the search's branch (None: a lease from before branches)
 
     def describe(self) -> str:
         return (
@@ -113,8 +129,8 @@ class Datastore:
                 return cls(DEFAULT_DATASTORE, root) if root else None
         return None
 
-    def lease_location(self, flow_name: str, objective_name: str) -> str:
-        name = f"{objective_name}.json"
+    def lease_location(self, flow_name: str, objective_name: str, branch: str) -> str:
+        name = f"{objective_name}@{branch}.json"
         if self.kind == "local":
             return str(Path(self.root) / flow_name / LEASE_DIR / name)
         return f"{self.root.rstrip('/')}/{flow_name}/{LEASE_DIR}/{name}"
@@ -291,21 +307,16 @@ def _parse(body: bytes) -> Lease | None:
         return None
 
 
-def _user() -> str:
-    for variable in ("METAFLOW_USER", "USERNAME", "USER"):
-        if os.environ.get(variable):
-            return os.environ[variable]
-    return getpass.getuser()
-
-
 def take_lease(
     objective: Objective,
     run_pathspec: str,
     datastore: Datastore | None = None,
     now: datetime | None = None,
+    branch: str | None = None,
 ) -> tuple[Lease | None, tuple[str, ...]]:
-    """Take the objective's lease for this run; LeaseHeld (naming the holder and what to do)
-    while another cycle holds it. Returns the lease and notices (a stale lease taken over).
+    """Take the search's lease (the objective on `branch`, yours by default) for this run;
+    LeaseHeld (naming the holder and what to do) while another cycle holds it. Returns the
+    lease and notices (a stale lease taken over).
 
     `datastore` defaults to the running task's; one without lease support (not local, not S3)
     runs without a lease, and says so.
@@ -317,18 +328,20 @@ def take_lease(
             "not enforced there",
         )
     flow_name = run_pathspec.split("/")[0]
-    where = datastore.lease_location(flow_name, objective.name)
+    branch = default_branch(branch)
+    where = datastore.lease_location(flow_name, objective.name, branch)
     now = now or datetime.now(UTC)
     lease = Lease(
         objective=objective.name,
         run=run_pathspec,
-        user=_user(),
+        user=user_name(),
         host=socket.gethostname(),
         pid=os.getppid(),
         taken_at=now,
         expires_at=now + timedelta(seconds=lease_ttl_s(objective)),
         token=uuid.uuid4().hex,
         where=where,
+        branch=branch,
     )
     body = lease.model_dump_json(indent=1).encode()
     try:
@@ -352,16 +365,18 @@ def take_lease(
     except OSError as exc:
         raise DatastoreError(datastore_message(where, exc)) from exc
     raise LeaseHeld(
-        f"the lease {where} keeps changing: another cycle of {objective.name!r} is "
+        f"the lease {where} keeps changing: another cycle of {objective.name!r} on {branch} is "
         "starting; wait for it"
     )
 
 
 def held_message(held: Lease) -> str:
+    on = f" on branch {held.branch}" if held.branch else ""
+    branch = f" --branch {held.branch}" if held.branch else ""
     return (
-        f"objective {held.objective!r} is already running a cycle: {held.describe()}. One cycle "
-        f"at a time per search: wait for it to finish; if it is dead, run `factory unlock "
-        f"{held.objective}` (or start with {BREAK_VARIABLE}=1) and start again. "
+        f"objective {held.objective!r} is already running a cycle{on}: {held.describe()}. One "
+        f"cycle at a time per search: wait for it to finish; if it is dead, run `factory unlock "
+        f"{held.objective}{branch}` (or start with {BREAK_VARIABLE}=1) and start again. "
         f"Lease: {held.where}"
     )
 
@@ -394,14 +409,17 @@ def release_lease(lease: Lease | None) -> tuple[str, ...]:
 
 
 def unlock(
-    objective_name: str, flow_name: str = FLOW_NAME, datastore: Datastore | None = None
+    objective_name: str,
+    flow_name: str = FLOW_NAME,
+    datastore: Datastore | None = None,
+    branch: str | None = None,
 ) -> Lease | str | None:
-    """Remove the objective's lease (`factory unlock`): the lease removed, the location of an
+    """Remove the search's lease (`factory unlock`): the lease removed, the location of an
     unreadable one removed, or None when there was none."""
     datastore = datastore or Datastore.configured()
     if datastore is None:
         return None
-    where = datastore.lease_location(flow_name, objective_name)
+    where = datastore.lease_location(flow_name, objective_name, default_branch(branch))
     try:
         store = _store(where)
         found = store.read()
@@ -412,13 +430,29 @@ def unlock(
     return _parse(found[0]) or where
 
 
+def check_branch(planned: str | None, running: str, run_pathspec: str) -> None:
+    """Refuse (BranchMoved) a run that goes on on another branch than its cycle was planned on
+    (a `resume` without the same --branch/--production): it would join another search."""
+    if planned is None or planned == running:
+        return
+    kind, _, name = planned.partition(".")
+    raise BranchMoved(
+        f"{run_pathspec} was planned on branch {planned} but now runs on {running}: it would "
+        f"end in another search. Resume it on its own branch: {flow_command(planned, 'resume')}"
+        + (f" (as the user {name})" if kind == "user" else "")
+    )
+
+
 def check_not_superseded(
-    objective_name: str, newest_when_planned: str | None, run_pathspec: str
+    objective_name: str,
+    newest_when_planned: str | None,
+    run_pathspec: str,
+    branch: str | None = None,
 ) -> tuple[str, ...]:
-    """Refuse (Superseded) when a cycle of the objective finished after this run was planned:
+    """Refuse (Superseded) when a cycle of the search finished after this run was planned:
     finishing it would fork the search's history. FACTORY_ALLOW_SUPERSEDED=1 lets it finish."""
     flow_name, run_id = run_pathspec.split("/")
-    newest = newest_cycle(flow_name, objective_name, exclude_run=run_id)
+    newest = newest_cycle(flow_name, objective_name, exclude_run=run_id, branch=branch)
     if newest is None or newest == newest_when_planned:
         return ()
     planned = newest_when_planned or "no earlier cycle"
@@ -439,13 +473,17 @@ def check_not_superseded(
 
 
 def publish_cycle(
-    objective_name: str, newest_when_planned: str | None, lease: Lease | None, run_pathspec: str
+    objective_name: str,
+    newest_when_planned: str | None,
+    lease: Lease | None,
+    run_pathspec: str,
+    branch: str | None = None,
 ) -> tuple[str, ...]:
     """The end step's last act: check nothing newer finished, tag the run `objective:<name>`
-    (the next cycle chains from it), give the lease back. Returns notices."""
+    (the next cycle of its branch chains from it), give the lease back. Returns notices."""
     from metaflow.client.core import Run
 
-    notices = check_not_superseded(objective_name, newest_when_planned, run_pathspec)
+    notices = check_not_superseded(objective_name, newest_when_planned, run_pathspec, branch)
     with all_namespaces():
         Run(run_pathspec).add_tag(objective_tag(objective_name))
     return (*notices, *release_lease(lease))

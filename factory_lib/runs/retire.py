@@ -17,7 +17,9 @@ from factory_lib.runs.client import (
     RETIRED_TAG,
     Retirement,
     all_namespaces,
+    branch_of,
     cycle_runs,
+    default_branch,
     objective_tag,
     retirement_of,
 )
@@ -39,7 +41,12 @@ def retirement_tag(actor: str, reason: str) -> str:
 
 
 def retire_cycle(
-    flow_name: str, objective_name: str, run_id: str, reason: str, actor: str
+    flow_name: str,
+    objective_name: str,
+    run_id: str,
+    reason: str,
+    actor: str,
+    branch: str | None = None,
 ) -> Retirement:
     """Tag a finished cycle of the objective retired; RetireError if it is not one, is retired
     already, or a cycle that is not retired continued from it (retire that one first)."""
@@ -47,14 +54,14 @@ def retire_cycle(
 
     tag = retirement_tag(actor, reason)
     with all_namespaces():
-        run = _cycle_run(flow_name, objective_name, run_id)
+        run = _cycle_run(flow_name, objective_name, run_id, branch)
         done = retirement_of(run)
         if done is not None:
             raise RetireError(
                 f"{run.pathspec} is already {done.describe()} "
                 f"(`factory unretire {run.id} --objective {objective_name}` undoes it)"
             )
-        child = _continued_from(flow_name, objective_name, run)
+        child = _continued_from(flow_name, objective_name, run, branch)
         if child is not None:
             raise RetireError(
                 f"{run.pathspec} cannot be retired: {child.pathspec} continued from it and holds "
@@ -67,18 +74,20 @@ def retire_cycle(
     return found
 
 
-def unretire_cycle(flow_name: str, objective_name: str, run_id: str) -> Retirement:
+def unretire_cycle(
+    flow_name: str, objective_name: str, run_id: str, branch: str | None = None
+) -> Retirement:
     """Remove a cycle's retirement (returned) while no cycle has run since without it."""
     from metaflow.client.core import Run
 
     with all_namespaces():
-        run = _cycle_run(flow_name, objective_name, run_id)
+        run = _cycle_run(flow_name, objective_name, run_id, branch)
         done = retirement_of(run)
         if done is None:
             raise RetireError(f"{run.pathspec} is not retired")
         since = [
             r
-            for r in cycle_runs(flow_name, objective_name, retired=False)
+            for r in cycle_runs(flow_name, objective_name, retired=False, branch=branch)
             if r.created_at > run.created_at
         ]
         if since:
@@ -90,8 +99,8 @@ def unretire_cycle(flow_name: str, objective_name: str, run_id: str) -> Retireme
     return done
 
 
-def _cycle_run(flow_name: str, objective_name: str, run_id: str) -> Any:
-    """The finished cycle of the objective that `run_id` (or `Flow/run_id`) names."""
+def _cycle_run(flow_name: str, objective_name: str, run_id: str, branch: str | None) -> Any:
+    """The finished cycle of the search that `run_id` (or `Flow/run_id`) names."""
     from metaflow.client.core import Run
     from metaflow.exception import MetaflowNotFound
 
@@ -114,12 +123,20 @@ def _cycle_run(flow_name: str, objective_name: str, run_id: str) -> Any:
     end = run.end_task
     if end is not None and not end.finished:
         raise RetireError(f"{run.pathspec} is still running its end step: wait for it to finish")
+    if branch_of(run) != default_branch(branch):
+        raise RetireError(
+            f"{run.pathspec} is a cycle of {objective_name!r} on branch "
+            f"{branch_of(run) or '(none: from before branches)'}, not on "
+            f"{default_branch(branch)}: name its branch with --branch"
+        )
     return run
 
 
-def _continued_from(flow_name: str, objective_name: str, run: Any) -> Any | None:
+def _continued_from(
+    flow_name: str, objective_name: str, run: Any, branch: str | None
+) -> Any | None:
     """A successful cycle of the search that is not retired and continued from `run`, or None."""
-    for other in cycle_runs(flow_name, objective_name, retired=False):
+    for other in cycle_runs(flow_name, objective_name, retired=False, branch=branch):
         if other.created_at <= run.created_at:
             continue
         plan = other["start"].task["plan"].data
