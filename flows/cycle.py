@@ -246,7 +246,8 @@ class CycleFlow(FlowSpec):
 
     @step
     def join(self, inputs: Any) -> None:
-        """Score and flag every trial and extend the append-only history."""
+        """Score and flag every trial, grade its prediction, extend the append-only history,
+        and write the lab notes."""
         from factory_lib.cycle.close import score_cycle
         from factory_lib.cycle.plan import results_from_task
         from factory_lib.runs.lease import check_not_superseded
@@ -276,6 +277,7 @@ class CycleFlow(FlowSpec):
         }
         self.scored = score_cycle(self.plan, results, weights.__getitem__)
         self.records, self.history = self.scored.records, self.scored.history
+        self.notes = self.scored.notes
         self.measured_in_train = [
             m for inp in inputs if (m := getattr(inp, "measured", None)) is not None
         ]
@@ -310,6 +312,7 @@ class CycleFlow(FlowSpec):
         self.plan, self.proposals = first.plan, first.proposals
         self.mix, self.llm_report = first.mix, first.llm_report
         self.scored, self.records, self.history = first.scored, first.records, first.history
+        self.notes = first.notes
         self.measured_in_train = first.measured_in_train
         outcome = close_cycle(
             self.plan,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,8 +89,13 @@ class Script:
         )
 
 
-def sample_from_schema(tool: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
-    """Valid proposals drawn from the tool's input schema, honouring `when` conditions."""
+def sample_from_schema(
+    tool: dict[str, Any], rng: random.Random, shown: str = ""
+) -> list[dict[str, Any]]:
+    """Valid proposals drawn from the tool's input schema, honouring `when` conditions; where
+    the schema asks for predictions, each makes one (its own generator, so the parameters drawn
+    do not depend on it): odd ones that they beat the first trial named in `shown` (the
+    request's text; the best trial comes first), the others a val_reward threshold."""
     items = tool["input_schema"]["properties"]["proposals"]
     props = items["items"]["properties"]["params"]["properties"]
     proposals = []
@@ -113,7 +119,17 @@ def sample_from_schema(tool: dict[str, Any], rng: random.Random) -> list[dict[st
                 params[name] = rng.randint(schema["minimum"], schema["maximum"])
             else:
                 params[name] = rng.uniform(schema["minimum"], schema["maximum"])
-        proposals.append({"params": params, "rationale": f"fake idea {i}: probe this region"})
+        proposal = {"params": params, "rationale": f"fake idea {i}: probe this region"}
+        if "prediction" in items["items"]["properties"]:
+            named = re.findall(r"c\d{3}-t\d{2}", shown)
+            threshold = round(random.Random(i).uniform(0.3, 0.9), 3)
+            proposal["hypothesis"] = f"fake hypothesis {i}: this region pays"
+            proposal["prediction"] = (
+                {"beats": named[0]}
+                if i % 2 and named
+                else {"metric": "val_reward", "op": ">=", "value": threshold}
+            )
+        proposals.append(proposal)
     return proposals
 
 
@@ -135,7 +151,8 @@ class FakeMessagesServer:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 outer.requests.append(body)
                 outer.headers.append({k.lower(): v for k, v in self.headers.items()})
-                proposals = sample_from_schema(body["tools"][0], rng)
+                shown = json.dumps(body["messages"][0]["content"])
+                proposals = sample_from_schema(body["tools"][0], rng, shown)
                 if extra is not None:
                     proposals = extra(proposals)
                 payload = json.dumps(tool_answer(proposals)).encode()

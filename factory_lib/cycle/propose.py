@@ -79,6 +79,7 @@ def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
                 plan.data.n_outputs,
                 plan.llm_usd_total,
                 llm_client,
+                plan.previous.notes if plan.previous else None,
             )
             from_llm = llm.propose(objective, seen, n_llm, plan.cycle, first)
             report = llm.report

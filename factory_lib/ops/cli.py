@@ -5,6 +5,7 @@ factory loop --cycles 3 --objective wine --trials 4 --epochs 10
 factory loop --cycles 2 --config path/to/objective.yaml --fresh [--json]
 factory status [--objective digits] [--json]     # the cycles of a search, one row each
 factory show c002-t05 [--objective digits] [--json]   # one trial's record, and which search
+factory notes [--objective digits] [--json]      # what the search learned: the lab notes
 factory export-optuna --objective digits sqlite:///digits.db   # history as an Optuna study
 factory profile --stack dark-factory --image IMAGE   # Metaflow profile `aws` from the stack
 factory doctor --profile aws                         # is the AWS side there and usable?
@@ -50,6 +51,9 @@ def status(args: argparse.Namespace) -> int:
             "cycles": [s.model_dump(mode="json") for s in summaries],
             "budget": {**asdict(b), "cycles_left": b.cycles_left},
         }
+        if args.notes:
+            notes = latest(cycles).notes
+            report["notes"] = notes.model_dump(mode="json") if notes else None
         print(json.dumps(report, indent=1))
         return 0
     console = Console()
@@ -59,7 +63,29 @@ def status(args: argparse.Namespace) -> int:
         f"{b.stale_cycles} of {b.patience} cycles without gain; "
         f"{b.train_seconds_total:.1f} s of training in all"
     )
+    if args.notes:
+        print("\n".join(_notes_lines(latest(cycles))))
     return 0
+
+
+def notes_command(args: argparse.Namespace) -> int:
+    """Print the lab notes of the objective's latest cycle (`--json`: for scripts, agents)."""
+    from factory_lib.explore.analysis import latest, search_of
+
+    cycles = _cycles(args.objective)
+    view = latest(cycles)
+    if args.json:
+        notes = view.notes.model_dump(mode="json") if view.notes else None
+        print(json.dumps({"search": search_of(cycles), "notes": notes}, indent=1))
+        return 0
+    print("\n".join(_notes_lines(view)))
+    return 0
+
+
+def _notes_lines(view: Any) -> list[str]:
+    if view.notes is None:
+        return [f"cycle {view.cycle} ran before lab notes existed: it has none"]
+    return list(view.notes.lines())
 
 
 def show(args: argparse.Namespace) -> int:
@@ -286,7 +312,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="a table of the cycles of an objective's search")
     _objective_option(p)
     _json_option(p, "each cycle's summary and the budget")
+    p.add_argument("--notes", action="store_true", help="and the latest cycle's lab notes")
     p.set_defaults(func=status)
+
+    p = sub.add_parser("notes", help="what the search learned: the latest cycle's lab notes")
+    _objective_option(p)
+    _json_option(p, "the notes")
+    p.set_defaults(func=notes_command)
 
     p = sub.add_parser("show", help="one trial's record, in the objective's latest search")
     p.add_argument("trial", help="trial id, e.g. c002-t05 (ids repeat across objectives)")
