@@ -99,6 +99,11 @@ class LLMProposer:
     def _affordable(self, messages: list[MessageParam], calls: list[LLMCall]) -> str | None:
         """Why a call would break the LLM budget, or None when it fits."""
         price = price_of(self.spec)
+        if price is None:
+            return (
+                f"no list price is known for model {self.spec.model!r}: give it one in "
+                "proposers.llm.price"
+            )
         size = len(
             json.dumps([self._system(), messages, tool_schema(self.objective, 1)], default=str)
         )
@@ -140,8 +145,14 @@ class LLMProposer:
                 seconds=time.monotonic() - started,
                 error="the answer is nested too deeply to read (past Python's recursion limit)",
             )
-        call = cost_usd(price_of(self.spec), response.usage).model_copy(
-            update={"purpose": purpose, "seconds": time.monotonic() - started}
+        price = price_of(self.spec)
+        assert price is not None, "_affordable refuses a model without a price"
+        call = cost_usd(price, response.usage).model_copy(
+            update={
+                "purpose": purpose,
+                "seconds": time.monotonic() - started,
+                "stop_reason": str(getattr(response, "stop_reason", "") or ""),
+            }
         )
         return response, call
 
@@ -186,6 +197,13 @@ class LLMProposer:
                 )
                 break
             items, problem = tool_input(response)
+            if call.stop_reason == "max_tokens":  # the tool call may be cut: keep none of it
+                items = None
+                problem = (
+                    f"the answer was cut off at max_tokens ({self.spec.max_tokens}); "
+                    "answer with fewer or shorter proposals"
+                )
+                rejected.append(Rejected(params="(the whole answer)", reason=problem))
             errors: list[str] = [problem] if problem else []
             for i, item in enumerate(items or []):
                 item_errors, checked = self._check_item(objective, item, tried, known)

@@ -13,11 +13,27 @@ from pydantic import BaseModel, ConfigDict
 from factory_lib.objective import LLMSpec, PriceSpec
 
 KEY_VARIABLE = "ANTHROPIC_API_KEY"
-# List prices in US dollars per million tokens, by model family; `proposers.llm.price` overrides.
+# List prices in US dollars per million tokens, by exact model id (aliases and dated ids):
+# `proposers.llm.price` overrides, and a model not listed here has no price until it is given
+# one, so the budget guard refuses to call it rather than guess from a family name.
+_OPUS_45 = PriceSpec(input=5.0, output=25.0)
+_OPUS_4 = PriceSpec(input=15.0, output=75.0)
+_SONNET = PriceSpec(input=3.0, output=15.0)
+_HAIKU_45 = PriceSpec(input=1.0, output=5.0)
 PRICES: dict[str, PriceSpec] = {
-    "claude-opus": PriceSpec(input=5.0, output=25.0),
-    "claude-sonnet": PriceSpec(input=3.0, output=15.0),
-    "claude-haiku": PriceSpec(input=1.0, output=5.0),
+    "claude-opus-4-5": _OPUS_45,
+    "claude-opus-4-5-20251101": _OPUS_45,
+    "claude-opus-4-1": _OPUS_4,
+    "claude-opus-4-1-20250805": _OPUS_4,
+    "claude-opus-4-0": _OPUS_4,
+    "claude-opus-4-20250514": _OPUS_4,
+    "claude-sonnet-4-6": _SONNET,
+    "claude-sonnet-4-5": _SONNET,
+    "claude-sonnet-4-5-20250929": _SONNET,
+    "claude-sonnet-4-0": _SONNET,
+    "claude-sonnet-4-20250514": _SONNET,
+    "claude-haiku-4-5": _HAIKU_45,
+    "claude-haiku-4-5-20251001": _HAIKU_45,
 }
 
 
@@ -32,6 +48,7 @@ class LLMCall(BaseModel):
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
     usd: float = 0.0
+    stop_reason: str = ""
     seconds: float = 0.0
     error: str = ""
 
@@ -60,14 +77,14 @@ class LLMReport(BaseModel):
     def usd(self) -> float:
         return sum(c.usd for c in self.calls)
 
+    @property
+    def cache_read_tokens(self) -> int:
+        return sum(c.cache_read_tokens for c in self.calls)
 
-def price_of(spec: LLMSpec) -> PriceSpec:
-    if spec.price is not None:
-        return spec.price
-    for prefix, price in PRICES.items():
-        if spec.model.startswith(prefix):
-            return price
-    return PRICES["claude-opus"]  # unknown model: assume the dearest family, never undercount
+
+def price_of(spec: LLMSpec) -> PriceSpec | None:
+    """The objective's price, else the list price of exactly this model id; None: unknown."""
+    return spec.price if spec.price is not None else PRICES.get(spec.model)
 
 
 def cost_usd(price: PriceSpec, usage: Any) -> LLMCall:
