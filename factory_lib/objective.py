@@ -465,6 +465,11 @@ class LLMSpec(_Strict):
     )
     show_best: int = Field(default=10, ge=1, description="best trials shown to the model")
     show_failures: int = Field(default=5, ge=0, description="recent failures shown to the model")
+    cache_ttl: Literal["auto", "5m", "1h"] = Field(
+        default="auto",
+        description="prompt cache lifetime; auto: 1h when the search's previous cycle started "
+        "more than 5 minutes before this one, else 5m",
+    )
 
     @model_validator(mode="after")
     def _floor(self) -> LLMSpec:

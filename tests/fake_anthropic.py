@@ -26,7 +26,11 @@ USAGE = {
 }
 
 
-def message(content: list[dict[str, Any]], model: str = "claude-sonnet-4-6") -> dict[str, Any]:
+def message(
+    content: list[dict[str, Any]],
+    model: str = "claude-sonnet-4-6",
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
     return {
         "id": "msg_fake",
         "type": "message",
@@ -35,11 +39,23 @@ def message(content: list[dict[str, Any]], model: str = "claude-sonnet-4-6") -> 
         "content": content,
         "stop_reason": "tool_use",
         "stop_sequence": None,
-        "usage": USAGE,
+        "usage": usage or USAGE,
     }
 
 
-def tool_answer(proposals: Any, tool_id: str = "toolu_fake") -> dict[str, Any]:
+def cached_prefix(body: dict[str, Any]) -> str:
+    """What the prompt cache keys on, as the API orders it: the tools, then the system blocks
+    up to the last one marked `cache_control` ("" where none is marked)."""
+    system = body.get("system") or []
+    marked = [i for i, block in enumerate(system) if "cache_control" in block]
+    if not marked:
+        return ""
+    return json.dumps([body.get("tools"), system[: marked[-1] + 1]], sort_keys=True)
+
+
+def tool_answer(
+    proposals: Any, tool_id: str = "toolu_fake", usage: dict[str, int] | None = None
+) -> dict[str, Any]:
     """A reply that calls propose_trials with `proposals` (any JSON, valid or not)."""
     return message(
         [
@@ -49,7 +65,8 @@ def tool_answer(proposals: Any, tool_id: str = "toolu_fake") -> dict[str, Any]:
                 "name": "propose_trials",
                 "input": {"proposals": proposals},
             }
-        ]
+        ],
+        usage=usage,
     )
 
 
@@ -134,7 +151,9 @@ def sample_from_schema(
 
 
 class FakeMessagesServer:
-    """POST /v1/messages on 127.0.0.1, answering with schema-valid tool calls."""
+    """POST /v1/messages on 127.0.0.1, answering with schema-valid tool calls. Its usage
+    blocks behave like the prompt cache: a cached prefix (`cached_prefix`) seen before is read
+    from the cache, a new one is written to it (about four characters a token)."""
 
     def __init__(
         self,
@@ -143,6 +162,7 @@ class FakeMessagesServer:
     ) -> None:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.prefixes: set[str] = {""}  # no prefix marked: nothing cached, nothing to write
         rng = random.Random(seed)
         outer = self
 
@@ -155,7 +175,17 @@ class FakeMessagesServer:
                 proposals = sample_from_schema(body["tools"][0], rng, shown)
                 if extra is not None:
                     proposals = extra(proposals)
-                payload = json.dumps(tool_answer(proposals)).encode()
+                prefix = cached_prefix(body)
+                cached = len(prefix) // 4
+                seen = prefix in outer.prefixes
+                outer.prefixes.add(prefix)
+                usage = {
+                    "input_tokens": len(json.dumps(body["messages"])) // 4,
+                    "output_tokens": 300,
+                    "cache_creation_input_tokens": 0 if seen else cached,
+                    "cache_read_input_tokens": cached if seen else 0,
+                }
+                payload = json.dumps(tool_answer(proposals, usage=usage)).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from factory_lib.objective import LLMSpec, PriceSpec, load_objective
 from factory_lib.propose.base import seen_by_proposers
-from factory_lib.propose.llm.client import LLMProposer
+from factory_lib.propose.llm.client import LLMProposer, cache_ttl
 from factory_lib.propose.llm.report import price_of
 from tests.conftest import ROOT
 from tests.fake_anthropic import Script, tool_answer
@@ -52,3 +54,53 @@ def test_prices_are_per_exact_model_id_and_an_unknown_model_is_refused() -> None
     priced = _objective(model="claude-sonnet-9-experimental", price={"input": 1, "output": 2})
     proposals, report = _propose(priced, Script(tool_answer(GOOD)))
     assert len(proposals) == 1 and report.usd == pytest.approx((1200 + 600 + 90) / 1e6)
+
+
+def test_the_repair_call_repeats_the_propose_calls_cached_prefix() -> None:
+    bad = {"params": {"lr": 5.0, "width": 16, "depth": 1}, "rationale": "out of bounds"}
+    script = Script(
+        tool_answer([GOOD[0], bad]),
+        tool_answer([{**bad, "params": GOOD[0]["params"] | {"width": 9}}]),
+    )
+    proposals, report = _propose(_objective(), script, n=2)
+    assert len(proposals) == 2 and [c.purpose for c in report.calls] == ["propose", "repair"]
+    first, repair = script.requests
+    assert json.dumps(first["tools"]) == json.dumps(repair["tools"])
+    assert json.dumps(first["system"]) == json.dumps(repair["system"])
+    assert first["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert "again with 1 corrected proposals" in repair["messages"][-1]["content"][0]["content"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "gap", "ttl"),
+    [
+        ("auto", None, "5m"),
+        ("auto", 120.0, "5m"),
+        ("auto", 3600.0, "1h"),
+        ("1h", None, "1h"),
+        ("5m", 3600.0, "5m"),
+    ],
+)
+def test_the_cache_lasts_an_hour_where_cycles_are_far_apart(setting, gap, ttl) -> None:
+    assert cache_ttl(setting, gap) == ttl
+
+
+def test_an_hour_long_cache_is_asked_for_and_its_writes_priced_at_twice_the_input() -> None:
+    objective = _objective()
+    script = Script(
+        tool_answer(
+            GOOD,
+            usage={
+                "input_tokens": 100,
+                "output_tokens": 10,
+                "cache_creation_input_tokens": 1000,
+                "cache_read_input_tokens": 0,
+            },
+        )
+    )
+    proposer = LLMProposer(objective, (4,), 3, client=script.client(0), cycle_gap_s=7200.0)
+    seen = seen_by_proposers(objective, [record(objective, 0, val=0.6, test=0.5)])
+    proposer.propose(objective, seen, 1, cycle=2, first_number=1)
+    assert script.requests[0]["system"][-1]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert proposer.report.cache_ttl == "1h"
+    assert proposer.report.usd == pytest.approx((100 * 3 + 10 * 15 + 1000 * 6) / 1e6)

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from factory_lib.propose.llm.prompt import CHARS_PER_TOKEN_ESTIMATE
 from tests.conftest import factory_cli, run_cycle, write_objective
-from tests.fake_anthropic import FakeMessagesServer
+from tests.fake_anthropic import FakeMessagesServer, cached_prefix
 from tests.test_explore import _card_html, _card_payload
 
 pytestmark = pytest.mark.slow
@@ -169,3 +170,18 @@ def test_factory_notes_prints_what_the_search_learned(search: Search) -> None:
     status = factory_cli("status", "--objective", NAME, "--notes")
     assert status.returncode == 0, status.stderr
     assert "lab notes after cycle 3" in status.stdout
+
+
+def test_the_cached_prefix_is_the_same_in_every_call_and_read_after_the_first(
+    search: Search,
+) -> None:
+    # the LLM's share is pinned (min_share 0.5), so each cycle asks for the same number
+    prefixes = {cached_prefix(body) for body in search.requests}
+    assert len(prefixes) == 1 and "" not in prefixes
+    # long enough to be cached (1024 tokens for Sonnet), at the proposer's own estimate
+    assert len(prefixes.pop()) / CHARS_PER_TOKEN_ESTIMATE >= 1024
+    calls = [c for i in range(3) for c in search.data(i).llm_report.calls]
+    assert len(calls) == len(search.requests) == 3
+    assert calls[0].cache_write_tokens > 0 and calls[0].cache_read_tokens == 0
+    assert all(c.cache_read_tokens > 0 and c.cache_write_tokens == 0 for c in calls[1:])
+    assert search.data(1).llm_report.cache_read_tokens == calls[1].cache_read_tokens

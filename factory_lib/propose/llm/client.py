@@ -32,6 +32,8 @@ from factory_lib.propose.llm.prompt import (
 )
 from factory_lib.propose.llm.report import (
     KEY_VARIABLE,
+    SHORT_CACHE_S,
+    CacheTTL,
     LLMCall,
     LLMReport,
     Rejected,
@@ -65,6 +67,7 @@ class LLMProposer:
         spent_usd: float = 0.0,
         client: anthropic.Anthropic | None = None,
         notes: LabNotes | None = None,
+        cycle_gap_s: float | None = None,
     ) -> None:
         assert objective.proposers.llm is not None, "LLMProposer needs proposers.llm"
         self.spec = objective.proposers.llm
@@ -74,8 +77,12 @@ class LLMProposer:
         self.spent_before = spent_usd
         self._client = client
         self.notes = notes  # the previous cycle's lab notes, shown with the history
+        self.cache_ttl = cache_ttl(self.spec.cache_ttl, cycle_gap_s)
         self.report = LLMReport(
-            model=self.spec.model, prompt_fingerprint=prompt_fingerprint(), asked=0
+            model=self.spec.model,
+            prompt_fingerprint=prompt_fingerprint(),
+            asked=0,
+            cache_ttl=self.cache_ttl,
         )
 
     def _client_or_none(self) -> anthropic.Anthropic | None:
@@ -88,11 +95,14 @@ class LLMProposer:
     def _system(self) -> list[TextBlockParam]:
         return [
             {"type": "text", "text": prompt_text("system")},
-            # The objective is the same every cycle: cache everything up to here.
+            # The objective is the same every cycle: cache everything up to here (the tools,
+            # which come first, and the system prompt), for an hour where cycles are far apart.
             {
                 "type": "text",
                 "text": json.dumps(self.described, indent=1),
-                "cache_control": {"type": "ephemeral"},
+                "cache_control": {"type": "ephemeral"}
+                if self.cache_ttl == "5m"
+                else {"type": "ephemeral", "ttl": "1h"},
             },
         ]
 
@@ -147,7 +157,7 @@ class LLMProposer:
             )
         price = price_of(self.spec)
         assert price is not None, "_affordable refuses a model without a price"
-        call = cost_usd(price, response.usage).model_copy(
+        call = cost_usd(price, response.usage, self.cache_ttl).model_copy(
             update={
                 "purpose": purpose,
                 "seconds": time.monotonic() - started,
@@ -189,7 +199,9 @@ class LLMProposer:
             if too_dear:
                 notices.append(f"LLM proposer stopped: {too_dear}")
                 break
-            response, call = self._call(client, messages, n - len(accepted), purpose)
+            # The tool (its maxItems) is the propose call's in the repair call too: the cached
+            # prefix (tools, then system) stays byte-identical; the prompt asks for fewer.
+            response, call = self._call(client, messages, n, purpose)
             calls.append(call)
             if response is None:
                 notices.append(
@@ -323,6 +335,14 @@ class Checked:
 
 
 NOTHING = Checked({}, "")
+
+
+def cache_ttl(setting: str, cycle_gap_s: float | None) -> CacheTTL:
+    """The prompt cache's lifetime: as set, or with `auto` an hour where the previous cycle
+    started more than the default five minutes before this one (the next is likely as far)."""
+    if setting == "1h" or (setting == "auto" and (cycle_gap_s or 0.0) > SHORT_CACHE_S):
+        return "1h"
+    return "5m"
 
 
 def _api_error(exc: anthropic.APIError) -> str:

@@ -6,13 +6,17 @@ client and its SDK (about a second of imports).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from factory_lib.objective import LLMSpec, PriceSpec
 
 KEY_VARIABLE = "ANTHROPIC_API_KEY"
+CacheTTL = Literal["5m", "1h"]
+SHORT_CACHE_S = 300.0  # the default prompt cache lifetime
+# Cache writes cost this many times the input price: 1.25 for five minutes, 2 for an hour.
+CACHE_WRITE_FACTOR: dict[CacheTTL, float] = {"5m": 1.25, "1h": 2.0}
 # List prices in US dollars per million tokens, by exact model id (aliases and dated ids):
 # `proposers.llm.price` overrides, and a model not listed here has no price until it is given
 # one, so the budget guard refuses to call it rather than guess from a family name.
@@ -72,6 +76,7 @@ class LLMReport(BaseModel):
     calls: tuple[LLMCall, ...] = ()
     rejected: tuple[Rejected, ...] = ()
     notices: tuple[str, ...] = ()
+    cache_ttl: CacheTTL = "5m"
 
     @property
     def usd(self) -> float:
@@ -87,15 +92,19 @@ def price_of(spec: LLMSpec) -> PriceSpec | None:
     return spec.price if spec.price is not None else PRICES.get(spec.model)
 
 
-def cost_usd(price: PriceSpec, usage: Any) -> LLMCall:
-    """Tokens and dollars of one response's `usage`."""
+def cost_usd(price: PriceSpec, usage: Any, ttl: CacheTTL = "5m") -> LLMCall:
+    """Tokens and dollars of one response's `usage`, cache writes priced for their `ttl`."""
     tokens = {
         "input_tokens": usage.input_tokens or 0,
         "output_tokens": usage.output_tokens or 0,
         "cache_write_tokens": getattr(usage, "cache_creation_input_tokens", None) or 0,
         "cache_read_tokens": getattr(usage, "cache_read_input_tokens", None) or 0,
     }
-    write = price.cache_write if price.cache_write is not None else 1.25 * price.input
+    write = (
+        price.cache_write
+        if price.cache_write is not None
+        else CACHE_WRITE_FACTOR[ttl] * price.input
+    )
     read = price.cache_read if price.cache_read is not None else 0.1 * price.input
     usd = (
         tokens["input_tokens"] * price.input
