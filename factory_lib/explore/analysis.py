@@ -552,24 +552,37 @@ def export_optuna(
     records: Sequence[TrialRecord],
     storage: str,
     study_name: str | None = None,
-) -> optuna.Study:
-    """Write the history as an Optuna study in `storage` (e.g. `sqlite:///digits.db`).
+    update: bool = False,
+) -> tuple[optuna.Study, int]:
+    """Write the history as an Optuna study in `storage` (e.g. `sqlite:///digits.db`); returns
+    the study and how many trials were added to it.
 
     The study is the one the Optuna proposer rebuilds every cycle (validation rewards only,
     failures as FAIL, constraint excess as constraints), so optuna-dashboard and Optuna's
-    plots show what the proposer saw. Each trial carries its `trial_id` as a user attribute.
-    An existing study of that name is an error (optuna.exceptions.DuplicatedStudyError).
+    plots show what the proposer saw; each trial's validation curve is its intermediate
+    values, and it carries its `trial_id` as a user attribute. An existing study of that name
+    is an error (optuna.exceptions.DuplicatedStudyError) unless `update`: then the trials it
+    does not hold yet are added (history is append-only, and so is its export), provided the
+    study is one this function wrote (ValueError otherwise).
     """
+    import optuna
+
     from factory_lib.propose.base import seen_by_proposers
     from factory_lib.propose.optuna_proposer import build_study
 
-    return build_study(
-        objective,
-        seen_by_proposers(objective, records),
-        seed=objective.proposers.seed,
-        storage=storage,
-        study_name=study_name or objective.name,
+    name = study_name or objective.name
+    built = build_study(
+        objective, seen_by_proposers(objective, records), objective.proposers.seed, curves=True
     )
+    study = optuna.create_study(
+        storage=storage, study_name=name, directions=built.directions, load_if_exists=update
+    )
+    held = {t.user_attrs.get("trial_id") for t in study.trials}
+    if None in held:
+        raise ValueError(f"study {name!r} in {storage} holds trials this factory did not write")
+    new = [t for t in built.trials if t.user_attrs["trial_id"] not in held]
+    study.add_trials(new)
+    return study, len(new)
 
 
 def cell(value: Any) -> str:

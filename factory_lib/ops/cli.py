@@ -114,16 +114,24 @@ def export(args: argparse.Namespace) -> int:
 
     view = latest(_cycles(args.objective))
     try:
-        study = export_optuna(view.objective, view.history, args.storage, args.study_name)
+        study, added = export_optuna(
+            view.objective, view.history, args.storage, args.study_name, args.update
+        )
     except DuplicatedStudyError:
         name = args.study_name or view.objective.name
         print(
             f"factory: {args.storage} already holds a study {name!r}: "
-            "choose another --study-name or storage",
+            "--update adds the trials it lacks, or choose another --study-name or storage",
             file=sys.stderr,
         )
         return 1
-    print(f"wrote {len(study.trials)} trials to study {study.study_name!r} in {args.storage}")
+    except ValueError as exc:
+        print(f"factory: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {added} trials to study {study.study_name!r} in {args.storage} "
+        f"({len(study.trials)} in all)"
+    )
     return 0
 
 
@@ -330,6 +338,9 @@ def _parser() -> argparse.ArgumentParser:
     _objective_option(p)
     p.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///digits.db")
     p.add_argument("--study-name", help="name of the study (default: the objective's)")
+    p.add_argument(
+        "--update", action="store_true", help="add the trials an existing study lacks (again)"
+    )
     p.set_defaults(func=export)
     p = sub.add_parser("drift", help="is the champion still good on new labelled data?")
     _objective_option(p)

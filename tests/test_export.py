@@ -1,0 +1,42 @@
+"""Exporting history to Optuna's storage: curves as intermediate values, and again on update."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from factory_lib.explore.analysis import export_optuna
+from factory_lib.objective import load_objective
+from tests.conftest import ROOT
+from tests.records import record
+
+SMOKE = load_objective(ROOT / "objectives" / "smoke.yaml")
+
+
+def test_export_optuna_again_adds_only_what_the_study_lacks(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'smoke.db'}"
+    cycle1 = [record(SMOKE, n, val=0.5 + n / 10, test=0.1) for n in range(3)]
+    cycle2 = [record(SMOKE, n, val=0.4 + n / 20, test=0.1, cycle=2) for n in range(3, 5)]
+    study, added = export_optuna(SMOKE, cycle1, storage)
+    assert added == 3
+    with pytest.raises(optuna.exceptions.DuplicatedStudyError):
+        export_optuna(SMOKE, cycle1, storage)
+    study, added = export_optuna(SMOKE, [*cycle1, *cycle2], storage, update=True)
+    assert added == 2
+    _, added = export_optuna(SMOKE, [*cycle1, *cycle2], storage, update=True)
+    assert added == 0
+    study = optuna.load_study(study_name="smoke", storage=storage)
+    history = [*cycle1, *cycle2]
+    assert [t.user_attrs["trial_id"] for t in study.trials] == [r.trial_id for r in history]
+    for trial, r in zip(study.trials, history, strict=True):
+        assert trial.intermediate_values == dict(enumerate(r.result.curve))
+
+
+def test_update_refuses_a_study_the_factory_did_not_write(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'other.db'}"
+    other = optuna.create_study(study_name="smoke", storage=storage, direction="maximize")
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    with pytest.raises(ValueError, match="holds trials this factory did not write"):
+        export_optuna(SMOKE, [record(SMOKE, 0)], storage, update=True)
