@@ -231,7 +231,7 @@ def plateaued(
     """Whether the best so far rose by at most PLATEAU_SHARE of the rewards' spread over the
     last `window` cycles (the objective's `budget.patience`), and why."""
     if len(trend) <= window:
-        return False, f"too few cycles to tell: {len(trend)}, and the window is {window + 1}"
+        return False, f"too few cycles to tell: {len(trend)} of the {window + 1} it takes"
     now, then = trend[-1].best_so_far, trend[-1 - window].best_so_far
     if now is None:
         return False, "no completed feasible trial yet"
