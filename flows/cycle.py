@@ -204,7 +204,13 @@ class CycleFlow(FlowSpec):
             most=self.objective.budget.trials_per_cycle,  # what TRAIN_TIMEOUT allows for
         )
         print(f"{spec.name}: cycle {self.plan.cycle}, {len(self.plan.history)} earlier trials")
-        for line in (*self.plan.notices, *batch.notices, *(p.summary() for p in self.proposals)):
+        cost = batch.llm_report.cost_lines() if batch.llm_report else []
+        for line in (
+            *self.plan.notices,
+            *batch.notices,
+            *cost,
+            *(p.summary() for p in self.proposals),
+        ):
             print(line)
         self.next(self.train, foreach="trial_groups")
 

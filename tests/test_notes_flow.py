@@ -185,3 +185,8 @@ def test_the_cached_prefix_is_the_same_in_every_call_and_read_after_the_first(
     assert calls[0].cache_write_tokens > 0 and calls[0].cache_read_tokens == 0
     assert all(c.cache_read_tokens > 0 and c.cache_write_tokens == 0 for c in calls[1:])
     assert search.data(1).llm_report.cache_read_tokens == calls[1].cache_read_tokens
+    # the cost report: in the start step's log and on the card
+    log = search.runs[1]["start"].task.stdout
+    assert f"propose: {calls[1].input_tokens} input, {calls[1].cache_read_tokens} read" in log
+    card = json.dumps(_card_payload(_card_html(search.runs[2]["end"].task)))
+    assert f"{calls[2].cache_read_tokens} read from the cache" in card

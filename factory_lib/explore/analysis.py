@@ -22,6 +22,7 @@ import pandas as pd
 from factory_lib.explore.summary import STATUS_ORDER, CycleSummary, StatusCounts, summarize
 from factory_lib.history import CycleState
 from factory_lib.objective import METRIC_DIRECTIONS, Objective
+from factory_lib.propose.llm.report import LLMReport
 from factory_lib.propose.notes import LabNotes
 from factory_lib.records import TrialRecord
 from factory_lib.registry.gate import Champion, PromotionDecision
@@ -52,6 +53,7 @@ class CycleView:
     retired_cycles: tuple[int, ...] = ()  # the search's retired cycles before this one
     space_changes: tuple[str, ...] = ()  # search_space and fixed since the cycle it continued
     notes: LabNotes | None = None  # the lab notes after this cycle (None: an older cycle)
+    llm_report: LLMReport | None = None  # the LLM proposer's calls and cost this cycle
 
     @property
     def run_id(self) -> str | None:
@@ -94,6 +96,7 @@ class CycleView:
             retired_cycles=state.retired_cycles,
             space_changes=state.space_changes,
             notes=state.notes,
+            llm_report=state.llm_report,
         )
 
 

@@ -97,6 +97,8 @@ def _decision(view: CycleView) -> list[Any]:
 
 def _budget(view: CycleView) -> list[Any]:
     b = analysis.budget_status(view)
+    llm = view.llm_report
+    cost = "\n\n" + "\n".join(f"- {text(line)}" for line in llm.cost_lines()) if llm else ""
     return [
         Markdown(
             "## Budget\n\n"
@@ -104,7 +106,7 @@ def _budget(view: CycleView) -> list[Any]:
             f"{b.trials_this_cycle} trials this cycle (budget {b.trials_per_cycle}), "
             f"{b.trials_total} in the search; training time {b.train_seconds_cycle:.1f} s this "
             f"cycle, {b.train_seconds_total:.1f} s in all; {b.stale_cycles} of {b.patience} "
-            "cycles without gain before `factory loop` stops"
+            "cycles without gain before `factory loop` stops" + cost
         ),
         ProgressBar(max=b.max_cycles, value=b.cycles_used, label="cycles", unit="cycles"),
         ProgressBar(max=b.patience, value=b.stale_cycles, label="cycles without gain"),

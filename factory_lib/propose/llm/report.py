@@ -86,6 +86,20 @@ class LLMReport(BaseModel):
     def cache_read_tokens(self) -> int:
         return sum(c.cache_read_tokens for c in self.calls)
 
+    def cost_lines(self) -> list[str]:
+        """The cost report: one line per call (tokens, cache reads and writes, dollars)."""
+        lines = [
+            f"{c.purpose}: {c.input_tokens} input, {c.cache_read_tokens} read from the cache, "
+            f"{c.cache_write_tokens} written to it, {c.output_tokens} output tokens; "
+            f"${c.usd:.4f}" + (f"; {c.error}" if c.error else "")
+            for c in self.calls
+        ]
+        return [
+            f"LLM {self.model}: {len(self.calls)} call(s), ${self.usd:.4f}, "
+            f"{self.cache_read_tokens} tokens read from the cache ({self.cache_ttl})",
+            *lines,
+        ]
+
 
 def price_of(spec: LLMSpec) -> PriceSpec | None:
     """The objective's price, else the list price of exactly this model id; None: unknown."""
