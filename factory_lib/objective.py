@@ -501,6 +501,17 @@ class ResourcesSpec(_Strict):
     memory_mb: Count = Field(default=4096, ge=256, le=4_000_000)
 
 
+class TrackingSpec(_Strict):
+    """Trial logs for the trackers people already use (docs/tracking.md)."""
+
+    logger: Literal["csv", "tensorboard", "none"] = Field(
+        default="csv",
+        description="a Lightning logger per trial, its files kept in the train task's "
+        "`trial_logs` artifact (`factory logs` writes them out); tensorboard needs the "
+        "`tensorboard` extra",
+    )
+
+
 class Objective(_Strict):
     name: str
     task: Literal["classification", "regression"]
@@ -518,6 +529,7 @@ class Objective(_Strict):
     promotion: PromotionSpec = PromotionSpec()
     proposers: ProposersSpec = ProposersSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
 
     @field_validator("name")
     @classmethod

@@ -226,6 +226,7 @@ class CycleFlow(FlowSpec):
         from factory_lib.records import Proposal
         from factory_lib.runs.client import stored_checkpoint
         from factory_lib.train.group import train_group
+        from factory_lib.train.tracking import trial_logs
 
         self.group = cast(tuple[Proposal, ...], self.input)
         outputs = train_group(
@@ -241,6 +242,7 @@ class CycleFlow(FlowSpec):
             expected_data=self.plan.data,
         )
         self.trial_results = [o.result for o in outputs]
+        self.trial_logs = trial_logs(self.plan.objective, self.trial_results)
         self.trial_weights = {
             o.result.weights_sha: o.weights for o in outputs if o.weights is not None
         }

@@ -86,6 +86,10 @@ NOT_RUN: dict[str, str] = {
         "writes its plots into docs/; tests/test_benchmarks.py runs it shrunk, plots elsewhere"
     ),
     "python benchmarks/pruning.py": "minutes; tests/test_benchmarks.py runs it shrunk",
+    "tensorboard --logdir logs/": (
+        "a server waiting for a browser; tests/test_tracking.py reads the event files with "
+        "TensorBoard's own reader"
+    ),
     "python benchmarks/data.py": (
         "writes 12 GiB and trains on it for minutes; tests/test_benchmarks.py runs it --quick"
     ),

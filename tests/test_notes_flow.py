@@ -8,9 +8,11 @@ checked against the records' own validation numbers, the next request, the card 
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,3 +192,14 @@ def test_the_cached_prefix_is_the_same_in_every_call_and_read_after_the_first(
     assert f"propose: {calls[1].input_tokens} input, {calls[1].cache_read_tokens} read" in log
     card = json.dumps(_card_payload(_card_html(search.runs[2]["end"].task)))
     assert f"{calls[2].cache_read_tokens} read from the cache" in card
+
+
+def test_every_trial_logs_its_curve_as_csv_by_default(search: Search, tmp_path: Path) -> None:
+    done = factory_cli("logs", "--objective", NAME, str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    history = search.data(2).history
+    assert f"of {len(history)} trials (csv logs)" in done.stdout
+    for r in history:
+        with (tmp_path / r.trial_id / "metrics.csv").open() as f:
+            rows = [row for row in csv.DictReader(f) if row["val/accuracy"]]
+        assert [float(row["val/accuracy"]) for row in rows] == pytest.approx(list(r.result.curve))

@@ -6,6 +6,7 @@ factory loop --cycles 2 --config path/to/objective.yaml --fresh [--json]
 factory status [--objective digits] [--json]     # the cycles of a search, one row each
 factory show c002-t05 [--objective digits] [--json]   # one trial's record, and which search
 factory notes [--objective digits] [--json]      # what the search learned: the lab notes
+factory logs --objective digits logs/            # every trial's logs (CSV, TensorBoard) to a folder
 factory export-optuna --objective digits sqlite:///digits.db   # history as an Optuna study
 factory profile --stack dark-factory --image IMAGE   # Metaflow profile `aws` from the stack
 factory doctor --profile aws                         # is the AWS side there and usable?
@@ -79,6 +80,26 @@ def notes_command(args: argparse.Namespace) -> int:
         print(json.dumps({"search": search_of(cycles), "notes": notes}, indent=1))
         return 0
     print("\n".join(_notes_lines(view)))
+    return 0
+
+
+def logs_command(args: argparse.Namespace) -> int:
+    """Write the trial logs of the objective's latest search (or one cycle) into a folder."""
+    from factory_lib.runs.logs import cycle_trial_logs, write_logs
+
+    cycles = _cycles(args.objective)
+    chosen = [c for c in cycles if args.cycle in (0, c.cycle)]
+    if not chosen:
+        raise LookupError(f"the search of {args.objective!r} has no cycle {args.cycle}")
+    trials = files = 0
+    for view in chosen:
+        logs = cycle_trial_logs(view.run_pathspec)
+        files += write_logs(logs, Path(args.folder))
+        trials += len(logs)
+    kind = chosen[-1].objective.tracking.logger
+    print(f"wrote {files} files of {trials} trials ({kind} logs) to {args.folder}")
+    if kind == "tensorboard":
+        print(f"open them with: tensorboard --logdir {args.folder}")
     return 0
 
 
@@ -333,6 +354,12 @@ def _parser() -> argparse.ArgumentParser:
     _objective_option(p)
     _json_option(p, "the record")
     p.set_defaults(func=show)
+
+    p = sub.add_parser("logs", help="write the trials' logs (tracking.logger) into a folder")
+    _objective_option(p)
+    p.add_argument("folder", help="where to write them, one folder per trial")
+    p.add_argument("--cycle", type=int, default=0, help="only this cycle (0: every cycle)")
+    p.set_defaults(func=logs_command)
 
     p = sub.add_parser("export-optuna", help="write the history as an Optuna study")
     _objective_option(p)
