@@ -203,3 +203,33 @@ def test_every_trial_logs_its_curve_as_csv_by_default(search: Search, tmp_path: 
         with (tmp_path / r.trial_id / "metrics.csv").open() as f:
             rows = [row for row in csv.DictReader(f) if row["val/accuracy"]]
         assert [float(row["val/accuracy"]) for row in rows] == pytest.approx(list(r.result.curve))
+
+
+def test_export_mlflow_writes_the_search_as_runs_mlflow_reads_back(
+    search: Search, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    store = tmp_path / "mlruns"
+    for added in (12, 0):  # the second export adds nothing
+        done = factory_cli("export-mlflow", "--objective", NAME, str(store))
+        assert done.returncode == 0, done.stderr
+        assert f"wrote {added} runs to experiment {NAME!r}" in done.stdout
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(store.as_uri())
+    experiment = mlflow.get_experiment_by_name(NAME).experiment_id
+    runs = {r.data.tags["trial_id"]: r for r in MlflowClient().search_runs([experiment])}
+    data = search.data(2)
+    champion = data.champion.trial_id if data.champion else None
+    assert sorted(runs) == sorted(r.trial_id for r in data.history)
+    for r in data.history:
+        run = runs[r.trial_id]
+        assert run.data.tags["source"] == r.proposal.source
+        assert run.data.tags["champion"] == str(r.trial_id == champion).lower()
+        if r.val_reward is not None:
+            assert run.data.metrics["val_reward"] == pytest.approx(r.val_reward)
+        history = MlflowClient().get_metric_history(run.info.run_id, "val_accuracy_by_epoch")
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+            list(r.result.curve)
+        )

@@ -8,6 +8,7 @@ factory show c002-t05 [--objective digits] [--json]   # one trial's record, and 
 factory notes [--objective digits] [--json]      # what the search learned: the lab notes
 factory logs --objective digits logs/            # every trial's logs (CSV, TensorBoard) to a folder
 factory export-optuna --objective digits sqlite:///digits.db   # history as an Optuna study
+factory export-mlflow --objective digits mlruns/   # history as MLflow runs (the mlflow extra)
 factory profile --stack dark-factory --image IMAGE   # Metaflow profile `aws` from the stack
 factory doctor --profile aws                         # is the AWS side there and usable?
 factory unlock digits                            # remove the lease a dead cycle left behind
@@ -152,6 +153,21 @@ def export(args: argparse.Namespace) -> int:
     print(
         f"wrote {added} trials to study {study.study_name!r} in {args.storage} "
         f"({len(study.trials)} in all)"
+    )
+    return 0
+
+
+def export_mlflow_command(args: argparse.Namespace) -> int:
+    """Write the objective's history as runs of an MLflow tracking store."""
+    from factory_lib.explore.analysis import latest
+    from factory_lib.explore.trackers import export_mlflow
+
+    view = latest(_cycles(args.objective))
+    champion = view.champion.trial_id if view.champion else None
+    done = export_mlflow(view.objective, view.history, champion, args.uri, args.experiment)
+    print(
+        f"wrote {done.added} runs to experiment {args.experiment or view.objective.name!r} "
+        f"in {args.uri} ({done.kept} it held already; champion {champion or '-'})"
     )
     return 0
 
@@ -369,6 +385,11 @@ def _parser() -> argparse.ArgumentParser:
         "--update", action="store_true", help="add the trials an existing study lacks (again)"
     )
     p.set_defaults(func=export)
+    p = sub.add_parser("export-mlflow", help="write the history as runs of an MLflow store")
+    _objective_option(p)
+    p.add_argument("uri", help="MLflow tracking URI or a folder (a file store), e.g. mlruns/")
+    p.add_argument("--experiment", help="experiment name (default: the objective's)")
+    p.set_defaults(func=export_mlflow_command)
     p = sub.add_parser("drift", help="is the champion still good on new labelled data?")
     _objective_option(p)
     p.add_argument("--data", required=True, help=".npz with arrays x and y, or .csv, target last")
