@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from factory_lib.objective import Objective
+from factory_lib.propose.llm.report import LLMReport
+from factory_lib.propose.notes import LabNotes
 from factory_lib.records import TrialRecord
 from factory_lib.registry import Champion, ChampionBundle, PromotionDecision, RegistryEvent
 
@@ -40,6 +42,8 @@ class CycleState:
     retired_cycles: tuple[int, ...] = ()
     # What changed in the search space since the cycle this one continued (cycle.plan).
     space_changes: tuple[str, ...] = ()
+    notes: LabNotes | None = None  # what the search learned, after this cycle (the join's)
+    llm_report: LLMReport | None = None  # the LLM proposer's calls and their cost, if it ran
 
     @property
     def cycles_counted(self) -> int:
@@ -90,6 +94,8 @@ def state_of(data: Any, run_pathspec: str, created_at: str = "") -> CycleState:
         # plans of cycles run before retiring and search-space notices existed lack these
         retired_cycles=tuple(getattr(data.plan, "retired_cycles", ())),
         space_changes=tuple(getattr(data.plan, "space_changes", ())),
+        notes=getattr(data, "notes", None),  # cycles run before lab notes existed have none
+        llm_report=getattr(data, "llm_report", None),
     )
 
 

@@ -465,6 +465,11 @@ class LLMSpec(_Strict):
     )
     show_best: int = Field(default=10, ge=1, description="best trials shown to the model")
     show_failures: int = Field(default=5, ge=0, description="recent failures shown to the model")
+    cache_ttl: Literal["auto", "5m", "1h"] = Field(
+        default="auto",
+        description="prompt cache lifetime; auto: 1h when the search's previous cycle started "
+        "more than 5 minutes before this one, else 5m",
+    )
 
     @model_validator(mode="after")
     def _floor(self) -> LLMSpec:
@@ -496,6 +501,17 @@ class ResourcesSpec(_Strict):
     memory_mb: Count = Field(default=4096, ge=256, le=4_000_000)
 
 
+class TrackingSpec(_Strict):
+    """Trial logs for the trackers people already use (docs/tracking.md)."""
+
+    logger: Literal["csv", "tensorboard", "none"] = Field(
+        default="csv",
+        description="a Lightning logger per trial, its files kept in the train task's "
+        "`trial_logs` artifact (`factory logs` writes them out); tensorboard needs the "
+        "`tensorboard` extra",
+    )
+
+
 class Objective(_Strict):
     name: str
     task: Literal["classification", "regression"]
@@ -513,6 +529,7 @@ class Objective(_Strict):
     promotion: PromotionSpec = PromotionSpec()
     proposers: ProposersSpec = ProposersSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
 
     @field_validator("name")
     @classmethod

@@ -10,11 +10,15 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 TrialStatus = Literal["ok", "failed", "diverged", "timeout", "pruned"]
 TRIAL_STATUSES: tuple[TrialStatus, ...] = ("ok", "failed", "diverged", "timeout", "pruned")
 SPLIT_FREE_METRICS = ("params", "latency_ms", "train_seconds")
+Comparison = Literal[">=", "<=", ">", "<"]
+COMPARISONS: tuple[Comparison, ...] = (">=", "<=", ">", "<")
+Verdict = Literal["confirmed", "refuted", "inconclusive"]
+VERDICTS: tuple[Verdict, ...] = ("confirmed", "refuted", "inconclusive")
 
 
 class _Frozen(BaseModel):
@@ -35,6 +39,40 @@ def params_key(params: dict[str, Any]) -> str:
     return json.dumps(normal, sort_keys=True)
 
 
+class Prediction(_Frozen):
+    """A checkable claim about a trial's own validation numbers, in one of two fixed forms:
+    `metric op value` ("val accuracy >= 0.97"; `val_reward` is a metric here too) or `beats`
+    (its validation reward will be larger than that trial's)."""
+
+    metric: str | None = None
+    op: Comparison | None = None
+    value: float | None = None
+    beats: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Prediction:
+        comparison = (self.metric, self.op, self.value)
+        if self.beats is not None and any(v is not None for v in comparison):
+            raise ValueError("a prediction is either metric/op/value or beats, not both")
+        if self.beats is None and any(v is None for v in comparison):
+            raise ValueError("a prediction needs metric, op and value (or beats)")
+        return self
+
+    def text(self) -> str:
+        if self.beats is not None:
+            return f"beats {self.beats}"
+        name = self.metric if self.metric == "val_reward" else f"val {self.metric}"
+        return f"{name} {self.op} {self.value:.6g}"
+
+
+class Grade(_Frozen):
+    """A prediction graded against the evaluator's validation numbers, by rule, never by a
+    model: `observed` names the numbers the verdict rests on, or why there are none."""
+
+    verdict: Verdict
+    observed: str
+
+
 class Proposal(_Frozen):
     """One experiment to run: parameters, where they came from, and why."""
 
@@ -48,6 +86,8 @@ class Proposal(_Frozen):
     epochs: int | None = None  # this trial's epoch budget (a fidelity rung); None: max_epochs
     continues: str | None = None  # the trial whose checkpoint this one continues (fidelity)
     checkpoint: str | None = None  # the task that stored that checkpoint, as a pathspec
+    hypothesis: str = ""  # what a proposer (the LLM) means to learn from this trial
+    prediction: Prediction | None = None  # its checkable form, graded after the cycle
 
     @property
     def key(self) -> str:
@@ -105,6 +145,7 @@ class TrialRecord(_Frozen):
     val_reward: float | None = None
     test_reward: float | None = None
     flags: tuple[str, ...] = ()  # reward-hacking signs; a flagged trial is never promoted
+    grade: Grade | None = None  # the proposal's prediction, graded in the join
 
     @property
     def proposal(self) -> Proposal:

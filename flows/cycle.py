@@ -229,7 +229,13 @@ class CycleFlow(FlowSpec):
             f"{spec.name} on {self.plan.branch}: cycle {self.plan.cycle}, "
             f"{len(self.plan.history)} earlier trials"
         )
-        for line in (*self.plan.notices, *batch.notices, *(p.summary() for p in self.proposals)):
+        cost = batch.llm_report.cost_lines() if batch.llm_report else []
+        for line in (
+            *self.plan.notices,
+            *batch.notices,
+            *cost,
+            *(p.summary() for p in self.proposals),
+        ):
             print(line)
         self.next(self.train, foreach="trial_groups")
 
@@ -245,6 +251,7 @@ class CycleFlow(FlowSpec):
         from factory_lib.records import Proposal
         from factory_lib.runs.client import stored_checkpoint
         from factory_lib.train.group import train_group
+        from factory_lib.train.tracking import trial_logs
 
         self.group = cast(tuple[Proposal, ...], self.input)
         outputs = train_group(
@@ -260,6 +267,7 @@ class CycleFlow(FlowSpec):
             expected_data=self.plan.data,
         )
         self.trial_results = [o.result for o in outputs]
+        self.trial_logs = trial_logs(self.plan.objective, self.trial_results)
         self.trial_weights = {
             o.result.weights_sha: o.weights for o in outputs if o.weights is not None
         }
@@ -271,7 +279,8 @@ class CycleFlow(FlowSpec):
 
     @step
     def join(self, inputs: Any) -> None:
-        """Score and flag every trial and extend the append-only history."""
+        """Score and flag every trial, grade its prediction, extend the append-only history,
+        and write the lab notes."""
         from factory_lib.cycle.close import score_cycle
         from factory_lib.cycle.plan import results_from_task
         from factory_lib.runs.lease import check_branch, check_not_superseded
@@ -302,6 +311,7 @@ class CycleFlow(FlowSpec):
         }
         self.scored = score_cycle(self.plan, results, weights.__getitem__)
         self.records, self.history = self.scored.records, self.scored.history
+        self.notes = self.scored.notes
         self.measured_in_train = [
             m for inp in inputs if (m := getattr(inp, "measured", None)) is not None
         ]
@@ -336,6 +346,7 @@ class CycleFlow(FlowSpec):
         self.plan, self.proposals = first.plan, first.proposals
         self.mix, self.llm_report = first.mix, first.llm_report
         self.scored, self.records, self.history = first.scored, first.records, first.history
+        self.notes = first.notes
         self.measured_in_train = first.measured_in_train
         outcome = close_cycle(
             self.plan,

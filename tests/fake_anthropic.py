@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +26,11 @@ USAGE = {
 }
 
 
-def message(content: list[dict[str, Any]], model: str = "claude-sonnet-4-6") -> dict[str, Any]:
+def message(
+    content: list[dict[str, Any]],
+    model: str = "claude-sonnet-4-6",
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
     return {
         "id": "msg_fake",
         "type": "message",
@@ -34,11 +39,23 @@ def message(content: list[dict[str, Any]], model: str = "claude-sonnet-4-6") -> 
         "content": content,
         "stop_reason": "tool_use",
         "stop_sequence": None,
-        "usage": USAGE,
+        "usage": usage or USAGE,
     }
 
 
-def tool_answer(proposals: Any, tool_id: str = "toolu_fake") -> dict[str, Any]:
+def cached_prefix(body: dict[str, Any]) -> str:
+    """What the prompt cache keys on, as the API orders it: the tools, then the system blocks
+    up to the last one marked `cache_control` ("" where none is marked)."""
+    system = body.get("system") or []
+    marked = [i for i, block in enumerate(system) if "cache_control" in block]
+    if not marked:
+        return ""
+    return json.dumps([body.get("tools"), system[: marked[-1] + 1]], sort_keys=True)
+
+
+def tool_answer(
+    proposals: Any, tool_id: str = "toolu_fake", usage: dict[str, int] | None = None
+) -> dict[str, Any]:
     """A reply that calls propose_trials with `proposals` (any JSON, valid or not)."""
     return message(
         [
@@ -48,7 +65,8 @@ def tool_answer(proposals: Any, tool_id: str = "toolu_fake") -> dict[str, Any]:
                 "name": "propose_trials",
                 "input": {"proposals": proposals},
             }
-        ]
+        ],
+        usage=usage,
     )
 
 
@@ -88,8 +106,13 @@ class Script:
         )
 
 
-def sample_from_schema(tool: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
-    """Valid proposals drawn from the tool's input schema, honouring `when` conditions."""
+def sample_from_schema(
+    tool: dict[str, Any], rng: random.Random, shown: str = ""
+) -> list[dict[str, Any]]:
+    """Valid proposals drawn from the tool's input schema, honouring `when` conditions; where
+    the schema asks for predictions, each makes one (its own generator, so the parameters drawn
+    do not depend on it): odd ones that they beat the first trial named in `shown` (the
+    request's text; the best trial comes first), the others a val_reward threshold."""
     items = tool["input_schema"]["properties"]["proposals"]
     props = items["items"]["properties"]["params"]["properties"]
     proposals = []
@@ -113,12 +136,24 @@ def sample_from_schema(tool: dict[str, Any], rng: random.Random) -> list[dict[st
                 params[name] = rng.randint(schema["minimum"], schema["maximum"])
             else:
                 params[name] = rng.uniform(schema["minimum"], schema["maximum"])
-        proposals.append({"params": params, "rationale": f"fake idea {i}: probe this region"})
+        proposal = {"params": params, "rationale": f"fake idea {i}: probe this region"}
+        if "prediction" in items["items"]["properties"]:
+            named = re.findall(r"c\d{3}-t\d{2}", shown)
+            threshold = round(random.Random(i).uniform(0.3, 0.9), 3)
+            proposal["hypothesis"] = f"fake hypothesis {i}: this region pays"
+            proposal["prediction"] = (
+                {"beats": named[0]}
+                if i % 2 and named
+                else {"metric": "val_reward", "op": ">=", "value": threshold}
+            )
+        proposals.append(proposal)
     return proposals
 
 
 class FakeMessagesServer:
-    """POST /v1/messages on 127.0.0.1, answering with schema-valid tool calls."""
+    """POST /v1/messages on 127.0.0.1, answering with schema-valid tool calls. Its usage
+    blocks behave like the prompt cache: a cached prefix (`cached_prefix`) seen before is read
+    from the cache, a new one is written to it (about four characters a token)."""
 
     def __init__(
         self,
@@ -127,6 +162,7 @@ class FakeMessagesServer:
     ) -> None:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.prefixes: set[str] = {""}  # no prefix marked: nothing cached, nothing to write
         rng = random.Random(seed)
         outer = self
 
@@ -135,10 +171,21 @@ class FakeMessagesServer:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 outer.requests.append(body)
                 outer.headers.append({k.lower(): v for k, v in self.headers.items()})
-                proposals = sample_from_schema(body["tools"][0], rng)
+                shown = json.dumps(body["messages"][0]["content"])
+                proposals = sample_from_schema(body["tools"][0], rng, shown)
                 if extra is not None:
                     proposals = extra(proposals)
-                payload = json.dumps(tool_answer(proposals)).encode()
+                prefix = cached_prefix(body)
+                cached = len(prefix) // 4
+                seen = prefix in outer.prefixes
+                outer.prefixes.add(prefix)
+                usage = {
+                    "input_tokens": len(json.dumps(body["messages"])) // 4,
+                    "output_tokens": 300,
+                    "cache_creation_input_tokens": 0 if seen else cached,
+                    "cache_read_input_tokens": cached if seen else 0,
+                }
+                payload = json.dumps(tool_answer(proposals, usage=usage)).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))

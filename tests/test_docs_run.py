@@ -91,6 +91,14 @@ NOT_RUN: dict[str, str] = {
         "writes its plots into docs/; tests/test_benchmarks.py runs it shrunk, plots elsewhere"
     ),
     "python benchmarks/pruning.py": "minutes; tests/test_benchmarks.py runs it shrunk",
+    "MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri mlruns/": (
+        "a server waiting for a browser, from the full mlflow package (not installed); the "
+        "snippet before it reads the runs with MLflow's client"
+    ),
+    "tensorboard --logdir logs/": (
+        "a server waiting for a browser; tests/test_tracking.py reads the event files with "
+        "TensorBoard's own reader"
+    ),
     "python benchmarks/data.py": (
         "writes 12 GiB and trains on it for minutes; tests/test_benchmarks.py runs it --quick"
     ),

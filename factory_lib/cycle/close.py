@@ -18,6 +18,9 @@ from typing import Literal
 from factory_lib.cycle.plan import CyclePlan
 from factory_lib.explore.summary import CycleSummary, best_val_reward, summarize
 from factory_lib.history import append, check_extends
+from factory_lib.propose.base import seen_by_proposers
+from factory_lib.propose.hypotheses import graded
+from factory_lib.propose.notes import LabNotes, lab_notes
 from factory_lib.records import TrialRecord, TrialResult
 from factory_lib.registry import (
     ChampionBundle,
@@ -38,12 +41,13 @@ JobKind = Literal["seeds", "export", "none"]
 
 @dataclass(frozen=True)
 class ScoredCycle:
-    """The join's result: this cycle's records, the history they extend, and the challenger's
-    package (what would be promoted)."""
+    """The join's result: this cycle's records (their predictions graded), the history they
+    extend, the challenger's package (what would be promoted) and the lab notes."""
 
     records: tuple[TrialRecord, ...]
     history: tuple[TrialRecord, ...]
     candidate: ModelPackage | None
+    notes: LabNotes | None = None
 
 
 @dataclass(frozen=True)
@@ -103,13 +107,15 @@ class CycleOutcome:
 def score_cycle(
     plan: CyclePlan, results: Iterable[TrialResult], weights: Callable[[str], bytes]
 ) -> ScoredCycle:
-    """Score and flag the results, extend history (append-only), package the challenger."""
-    records = scored_records(plan, results)
+    """Score and flag the results, grade their predictions, extend history (append-only),
+    package the challenger, and write the lab notes of the search so far."""
+    records = graded(plan.objective, plan.history, scored_records(plan, results))
     history = append(plan.history, records)
     check_extends(plan.history, history)
     challenger = challenger_of(records)
     candidate = package_of(plan, challenger, weights) if challenger is not None else None
-    return ScoredCycle(records=records, history=history, candidate=candidate)
+    notes = lab_notes(plan.objective, seen_by_proposers(plan.objective, history))
+    return ScoredCycle(records=records, history=history, candidate=candidate, notes=notes)
 
 
 def scored_records(plan: CyclePlan, results: Iterable[TrialResult]) -> tuple[TrialRecord, ...]:

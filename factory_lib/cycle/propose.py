@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from factory_lib.cycle.plan import CyclePlan, plan_cycle
@@ -80,6 +81,8 @@ def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
                 plan.data.n_outputs,
                 plan.llm_usd_total,
                 llm_client,
+                plan.previous.notes if plan.previous else None,
+                seconds_since(plan.previous.created_at) if plan.previous else None,
             )
             from_llm = llm.propose(objective, seen, n_llm, plan.cycle, first)
             report = llm.report
@@ -94,6 +97,16 @@ def propose_cycle(plan: CyclePlan, llm_client: Any = None) -> ProposalBatch:
     )
     proposals = [*promoted, *renumber(objective, [*from_llm, *from_optuna], first)]
     return ProposalBatch(proposals=tuple(proposals), mix=mix, llm_report=report)
+
+
+def seconds_since(stamp: str) -> float | None:
+    """Seconds from a run's `created_at` (as `runs.client` keeps it) to now; None if unknown."""
+    try:
+        then = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    now = datetime.now(then.tzinfo) if then.tzinfo else datetime.now()
+    return (now - then).total_seconds()
 
 
 def group_trials(

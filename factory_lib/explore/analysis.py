@@ -22,6 +22,8 @@ import pandas as pd
 from factory_lib.explore.summary import STATUS_ORDER, CycleSummary, StatusCounts, summarize
 from factory_lib.history import CycleState
 from factory_lib.objective import METRIC_DIRECTIONS, Objective
+from factory_lib.propose.llm.report import LLMReport
+from factory_lib.propose.notes import LabNotes
 from factory_lib.records import TrialRecord
 from factory_lib.registry.gate import Champion, PromotionDecision
 from factory_lib.reward import pareto_indices
@@ -50,6 +52,8 @@ class CycleView:
     retired: Retirement | None = None  # `factory retire`: the search passes over this cycle
     retired_cycles: tuple[int, ...] = ()  # the search's retired cycles before this one
     space_changes: tuple[str, ...] = ()  # search_space and fixed since the cycle it continued
+    notes: LabNotes | None = None  # the lab notes after this cycle (None: an older cycle)
+    llm_report: LLMReport | None = None  # the LLM proposer's calls and cost this cycle
 
     @property
     def run_id(self) -> str | None:
@@ -91,6 +95,8 @@ class CycleView:
             created_at=state.created_at or None,
             retired_cycles=state.retired_cycles,
             space_changes=state.space_changes,
+            notes=state.notes,
+            llm_report=state.llm_report,
         )
 
 
@@ -552,24 +558,37 @@ def export_optuna(
     records: Sequence[TrialRecord],
     storage: str,
     study_name: str | None = None,
-) -> optuna.Study:
-    """Write the history as an Optuna study in `storage` (e.g. `sqlite:///digits.db`).
+    update: bool = False,
+) -> tuple[optuna.Study, int]:
+    """Write the history as an Optuna study in `storage` (e.g. `sqlite:///digits.db`); returns
+    the study and how many trials were added to it.
 
     The study is the one the Optuna proposer rebuilds every cycle (validation rewards only,
     failures as FAIL, constraint excess as constraints), so optuna-dashboard and Optuna's
-    plots show what the proposer saw. Each trial carries its `trial_id` as a user attribute.
-    An existing study of that name is an error (optuna.exceptions.DuplicatedStudyError).
+    plots show what the proposer saw; each trial's validation curve is its intermediate
+    values, and it carries its `trial_id` as a user attribute. An existing study of that name
+    is an error (optuna.exceptions.DuplicatedStudyError) unless `update`: then the trials it
+    does not hold yet are added (history is append-only, and so is its export), provided the
+    study is one this function wrote (ValueError otherwise).
     """
+    import optuna
+
     from factory_lib.propose.base import seen_by_proposers
     from factory_lib.propose.optuna_proposer import build_study
 
-    return build_study(
-        objective,
-        seen_by_proposers(objective, records),
-        seed=objective.proposers.seed,
-        storage=storage,
-        study_name=study_name or objective.name,
+    name = study_name or objective.name
+    built = build_study(
+        objective, seen_by_proposers(objective, records), objective.proposers.seed, curves=True
     )
+    study = optuna.create_study(
+        storage=storage, study_name=name, directions=built.directions, load_if_exists=update
+    )
+    held = {t.user_attrs.get("trial_id") for t in study.trials}
+    if None in held:
+        raise ValueError(f"study {name!r} in {storage} holds trials this factory did not write")
+    new = [t for t in built.trials if t.user_attrs["trial_id"] not in held]
+    study.add_trials(new)
+    return study, len(new)
 
 
 def cell(value: Any) -> str:

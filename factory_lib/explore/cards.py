@@ -36,6 +36,7 @@ def cycle_card(view: CycleView) -> list[Any]:
         *_space_changes(view),
         *_decision(view),
         *_budget(view),
+        *_notes(view),
         *_leaderboard(view),
         *_progress(view),
         *_pareto(view),
@@ -96,6 +97,8 @@ def _decision(view: CycleView) -> list[Any]:
 
 def _budget(view: CycleView) -> list[Any]:
     b = analysis.budget_status(view)
+    llm = view.llm_report
+    cost = "\n\n" + "\n".join(f"- {text(line)}" for line in llm.cost_lines()) if llm else ""
     return [
         Markdown(
             "## Budget\n\n"
@@ -103,10 +106,41 @@ def _budget(view: CycleView) -> list[Any]:
             f"{b.trials_this_cycle} trials this cycle (budget {b.trials_per_cycle}), "
             f"{b.trials_total} in the search; training time {b.train_seconds_cycle:.1f} s this "
             f"cycle, {b.train_seconds_total:.1f} s in all; {b.stale_cycles} of {b.patience} "
-            "cycles without gain before `factory loop` stops"
+            "cycles without gain before `factory loop` stops" + cost
         ),
         ProgressBar(max=b.max_cycles, value=b.cycles_used, label="cycles", unit="cycles"),
         ProgressBar(max=b.patience, value=b.stale_cycles, label="cycles without gain"),
+    ]
+
+
+def _notes(view: CycleView) -> list[Any]:
+    """The lab notes: what the search learned, importances, plateau, the graded ledger."""
+    notes = view.notes
+    if notes is None:
+        return []
+    importances = [
+        f"- {imp.evaluator}: " + ", ".join(f"{text(p)} {v:.2f}" for p, v in imp.shares)
+        for imp in notes.importances
+    ]
+    counts = ", ".join(f"{n} {v}" for v, n in notes.verdicts().items())
+    ledger: list[list[Any]] = [
+        [e.trial_id, e.verdict, text(e.prediction), text(e.observed), text(e.hypothesis)]
+        for e in notes.ledger
+    ]
+    return [
+        Markdown(
+            "## Lab notes\n\n"
+            + "\n".join(f"- {text(c)}" for c in notes.changes)
+            + f"\n\n**Plateau**: {'yes' if notes.plateau else 'no'}: {text(notes.plateau_reason)}"
+            + "\n\n**Parameter importance** (share of the validation reward's variance; "
+            + f"{text(notes.importance_note)})\n\n"
+            + "\n".join(importances)
+            + f"\n\n**Hypotheses ledger** ({len(notes.ledger)}: {counts})"
+        ),
+        Table(
+            data=ledger or [["(none)", "", "", "", ""]],
+            headers=["trial", "verdict", "prediction", "observed", "hypothesis"],
+        ),
     ]
 
 

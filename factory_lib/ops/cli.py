@@ -6,7 +6,10 @@ factory loop --cycles 2 --config path/to/objective.yaml --fresh [--json]
 factory status [--objective digits] [--json]     # the cycles of a search, one row each
 factory status --objective digits --production   # another branch's search (also --branch NAME)
 factory show c002-t05 [--objective digits] [--json]   # one trial's record, and which search
+factory notes [--objective digits] [--json]      # what the search learned: the lab notes
+factory logs --objective digits logs/            # every trial's logs (CSV, TensorBoard) to a folder
 factory export-optuna --objective digits sqlite:///digits.db   # history as an Optuna study
+factory export-mlflow --objective digits mlruns/   # history as MLflow runs (the mlflow extra)
 factory profile --stack dark-factory --image IMAGE   # Metaflow profile `aws` from the stack
 factory doctor --profile aws                         # is the AWS side there and usable?
 factory unlock digits                            # remove the lease a dead cycle left behind
@@ -58,6 +61,9 @@ def status(args: argparse.Namespace) -> int:
             "cycles": [s.model_dump(mode="json") for s in summaries],
             "budget": {**asdict(b), "cycles_left": b.cycles_left},
         }
+        if args.notes:
+            notes = latest(cycles).notes
+            report["notes"] = notes.model_dump(mode="json") if notes else None
         print(json.dumps(report, indent=1))
         return 0
     console = Console()
@@ -68,7 +74,49 @@ def status(args: argparse.Namespace) -> int:
         f"{b.stale_cycles} of {b.patience} cycles without gain; "
         f"{b.train_seconds_total:.1f} s of training in all"
     )
+    if args.notes:
+        print("\n".join(_notes_lines(latest(cycles))))
     return 0
+
+
+def notes_command(args: argparse.Namespace) -> int:
+    """Print the lab notes of the objective's latest cycle (`--json`: for scripts, agents)."""
+    from factory_lib.explore.analysis import latest, search_of
+
+    cycles = _cycles(args)
+    view = latest(cycles)
+    if args.json:
+        notes = view.notes.model_dump(mode="json") if view.notes else None
+        print(json.dumps({"search": search_of(cycles), "notes": notes}, indent=1))
+        return 0
+    print("\n".join(_notes_lines(view)))
+    return 0
+
+
+def logs_command(args: argparse.Namespace) -> int:
+    """Write the trial logs of the objective's latest search (or one cycle) into a folder."""
+    from factory_lib.runs.logs import cycle_trial_logs, write_logs
+
+    cycles = _cycles(args)
+    chosen = [c for c in cycles if args.cycle in (0, c.cycle)]
+    if not chosen:
+        raise LookupError(f"the search of {args.objective!r} has no cycle {args.cycle}")
+    trials = files = 0
+    for view in chosen:
+        logs = cycle_trial_logs(view.run_pathspec)
+        files += write_logs(logs, Path(args.folder))
+        trials += len(logs)
+    kind = chosen[-1].objective.tracking.logger
+    print(f"wrote {files} files of {trials} trials ({kind} logs) to {args.folder}")
+    if kind == "tensorboard":
+        print(f"open them with: tensorboard --logdir {args.folder}")
+    return 0
+
+
+def _notes_lines(view: Any) -> list[str]:
+    if view.notes is None:
+        return [f"cycle {view.cycle} ran before lab notes existed: it has none"]
+    return list(view.notes.lines())
 
 
 def show(args: argparse.Namespace) -> int:
@@ -97,16 +145,39 @@ def export(args: argparse.Namespace) -> int:
 
     view = latest(_cycles(args))
     try:
-        study = export_optuna(view.objective, view.history, args.storage, args.study_name)
+        study, added = export_optuna(
+            view.objective, view.history, args.storage, args.study_name, args.update
+        )
     except DuplicatedStudyError:
         name = args.study_name or view.objective.name
         print(
             f"factory: {args.storage} already holds a study {name!r}: "
-            "choose another --study-name or storage",
+            "--update adds the trials it lacks, or choose another --study-name or storage",
             file=sys.stderr,
         )
         return 1
-    print(f"wrote {len(study.trials)} trials to study {study.study_name!r} in {args.storage}")
+    except ValueError as exc:
+        print(f"factory: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {added} trials to study {study.study_name!r} in {args.storage} "
+        f"({len(study.trials)} in all)"
+    )
+    return 0
+
+
+def export_mlflow_command(args: argparse.Namespace) -> int:
+    """Write the objective's history as runs of an MLflow tracking store."""
+    from factory_lib.explore.analysis import latest
+    from factory_lib.explore.trackers import export_mlflow
+
+    view = latest(_cycles(args))
+    champion = view.champion.trial_id if view.champion else None
+    done = export_mlflow(view.objective, view.history, champion, args.uri, args.experiment)
+    print(
+        f"wrote {done.added} runs to experiment {args.experiment or view.objective.name!r} "
+        f"in {args.uri} ({done.kept} it held already; champion {champion or '-'})"
+    )
     return 0
 
 
@@ -342,7 +413,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="a table of the cycles of an objective's search")
     _objective_option(p)
     _json_option(p, "each cycle's summary and the budget")
+    p.add_argument("--notes", action="store_true", help="and the latest cycle's lab notes")
     p.set_defaults(func=status)
+
+    p = sub.add_parser("notes", help="what the search learned: the latest cycle's lab notes")
+    _objective_option(p)
+    _json_option(p, "the notes")
+    p.set_defaults(func=notes_command)
 
     p = sub.add_parser("show", help="one trial's record, in the objective's latest search")
     p.add_argument("trial", help="trial id, e.g. c002-t05 (ids repeat across objectives)")
@@ -350,11 +427,25 @@ def _parser() -> argparse.ArgumentParser:
     _json_option(p, "the record")
     p.set_defaults(func=show)
 
+    p = sub.add_parser("logs", help="write the trials' logs (tracking.logger) into a folder")
+    _objective_option(p)
+    p.add_argument("folder", help="where to write them, one folder per trial")
+    p.add_argument("--cycle", type=int, default=0, help="only this cycle (0: every cycle)")
+    p.set_defaults(func=logs_command)
+
     p = sub.add_parser("export-optuna", help="write the history as an Optuna study")
     _objective_option(p)
     p.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///digits.db")
     p.add_argument("--study-name", help="name of the study (default: the objective's)")
+    p.add_argument(
+        "--update", action="store_true", help="add the trials an existing study lacks (again)"
+    )
     p.set_defaults(func=export)
+    p = sub.add_parser("export-mlflow", help="write the history as runs of an MLflow store")
+    _objective_option(p)
+    p.add_argument("uri", help="MLflow tracking URI or a folder (a file store), e.g. mlruns/")
+    p.add_argument("--experiment", help="experiment name (default: the objective's)")
+    p.set_defaults(func=export_mlflow_command)
     p = sub.add_parser("drift", help="is the champion still good on new labelled data?")
     _objective_option(p)
     p.add_argument("--data", required=True, help=".npz with arrays x and y, or .csv, target last")

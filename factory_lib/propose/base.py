@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from factory_lib.fidelity import first_rung
 from factory_lib.objective import Objective
-from factory_lib.records import Proposal, TrialRecord, TrialStatus, params_key
+from factory_lib.records import Grade, Prediction, Proposal, TrialRecord, TrialStatus, params_key
 
 CAUSE_MAX_CHARS = 200
 
@@ -32,6 +32,9 @@ class SeenTrial(BaseModel):
     violations: tuple[str, ...]
     constraint_excess: tuple[float, ...]
     curve: tuple[float, ...]
+    hypothesis: str = ""
+    prediction: Prediction | None = None
+    grade: Grade | None = None  # graded on these validation numbers only
 
     @property
     def key(self) -> str:
@@ -67,6 +70,9 @@ def seen_by_proposers(objective: Objective, records: Sequence[TrialRecord]) -> l
                 violations=r.violations,
                 constraint_excess=excess,
                 curve=r.result.curve,
+                hypothesis=r.proposal.hypothesis,
+                prediction=r.proposal.prediction,
+                grade=r.grade,
             )
         )
     return seen
@@ -85,6 +91,8 @@ def make_proposal(
     params: dict[str, Any],
     source: str,
     rationale: str,
+    hypothesis: str = "",
+    prediction: Prediction | None = None,
 ) -> Proposal:
     return Proposal(
         trial_id=f"c{cycle:03d}-t{index:02d}",
@@ -95,6 +103,8 @@ def make_proposal(
         rationale=rationale,
         seed=trial_seed(objective, number),
         epochs=first_rung(objective),
+        hypothesis=hypothesis,
+        prediction=prediction,
     )
 
 
@@ -103,7 +113,17 @@ def renumber(
 ) -> list[Proposal]:
     """Give proposals from several proposers consecutive ids, numbers and seeds."""
     return [
-        make_proposal(objective, p.cycle, first_number + i, i, p.params, p.source, p.rationale)
+        make_proposal(
+            objective,
+            p.cycle,
+            first_number + i,
+            i,
+            p.params,
+            p.source,
+            p.rationale,
+            p.hypothesis,
+            p.prediction,
+        )
         for i, p in enumerate(proposals)
     ]
 

@@ -101,8 +101,11 @@ def _frozen(
     dists: dict[str, BaseDistribution],
     t: SeenTrial,
     warm_from: str | None = None,
+    curves: bool = False,
 ) -> FrozenTrial | None:
-    """A history trial as Optuna knows it; None if it no longer fits the search space."""
+    """A history trial as Optuna knows it; None if it no longer fits the search space. Its
+    validation curve becomes intermediate values where it was pruned, or everywhere with
+    `curves` (an export for people's tools)."""
     names = [n for n in active(objective, t.params) if n in t.params and n in dists]
     state = _STATES.get(t.status, TrialState.FAIL)
     try:
@@ -111,7 +114,9 @@ def _frozen(
             values=study_values(objective, t) if state == TrialState.COMPLETE else None,
             params={n: t.params[n] for n in names},
             distributions={n: dists[n] for n in names},
-            intermediate_values=dict(enumerate(t.curve)) if state == TrialState.PRUNED else None,
+            intermediate_values=dict(enumerate(t.curve))
+            if curves or state == TrialState.PRUNED
+            else None,
             constraints={str(i): v for i, v in enumerate(t.constraint_excess)} or None,
             user_attrs={"trial_id": t.trial_id} | ({"warm_start": warm_from} if warm_from else {}),
         )
@@ -146,6 +151,7 @@ def build_study(
     storage: str | None = None,
     study_name: str | None = None,
     warm: Sequence[SeenTrial] = (),
+    curves: bool = False,
 ) -> optuna.Study:
     """A fresh study that has been told every trial of history: in memory for proposing, or
     in `storage` (an Optuna storage URL) when exporting history to Optuna's tools.
@@ -165,7 +171,7 @@ def build_study(
     latest = {t.key: t for t in seen}  # history's order: a continuation follows its parent
     told = [(t, warm_from) for t in warm] + [(t, None) for t in latest.values()]
     for t, source in told:
-        frozen = _frozen(objective, dists, t, source)
+        frozen = _frozen(objective, dists, t, source, curves)
         if frozen is not None and not (t.status == "ok" and study_values(objective, t) is None):
             study.add_trial(frozen)
     return study

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from string import Template
 from typing import Any
 
@@ -31,6 +32,8 @@ from factory_lib.propose.llm.prompt import (
 )
 from factory_lib.propose.llm.report import (
     KEY_VARIABLE,
+    SHORT_CACHE_S,
+    CacheTTL,
     LLMCall,
     LLMReport,
     Rejected,
@@ -39,15 +42,18 @@ from factory_lib.propose.llm.report import (
 )
 from factory_lib.propose.llm.schema import (
     FORCED_TOOL,
+    ITEM_KEYS,
     MAX_NESTING,
     REJECTED_PARAMS_MAX_CHARS,
     check_params,
+    check_prediction,
     nesting,
     short_rationale,
     tool_input,
     tool_schema,
 )
-from factory_lib.records import Proposal, params_key
+from factory_lib.propose.notes import LabNotes
+from factory_lib.records import Prediction, Proposal, params_key
 
 
 class LLMProposer:
@@ -60,6 +66,8 @@ class LLMProposer:
         n_outputs: int,
         spent_usd: float = 0.0,
         client: anthropic.Anthropic | None = None,
+        notes: LabNotes | None = None,
+        cycle_gap_s: float | None = None,
     ) -> None:
         assert objective.proposers.llm is not None, "LLMProposer needs proposers.llm"
         self.spec = objective.proposers.llm
@@ -68,8 +76,13 @@ class LLMProposer:
         self.described = describe_objective(objective, input_shape, n_outputs)
         self.spent_before = spent_usd
         self._client = client
+        self.notes = notes  # the previous cycle's lab notes, shown with the history
+        self.cache_ttl = cache_ttl(self.spec.cache_ttl, cycle_gap_s)
         self.report = LLMReport(
-            model=self.spec.model, prompt_fingerprint=prompt_fingerprint(), asked=0
+            model=self.spec.model,
+            prompt_fingerprint=prompt_fingerprint(),
+            asked=0,
+            cache_ttl=self.cache_ttl,
         )
 
     def _client_or_none(self) -> anthropic.Anthropic | None:
@@ -82,17 +95,25 @@ class LLMProposer:
     def _system(self) -> list[TextBlockParam]:
         return [
             {"type": "text", "text": prompt_text("system")},
-            # The objective is the same every cycle: cache everything up to here.
+            # The objective is the same every cycle: cache everything up to here (the tools,
+            # which come first, and the system prompt), for an hour where cycles are far apart.
             {
                 "type": "text",
                 "text": json.dumps(self.described, indent=1),
-                "cache_control": {"type": "ephemeral"},
+                "cache_control": {"type": "ephemeral"}
+                if self.cache_ttl == "5m"
+                else {"type": "ephemeral", "ttl": "1h"},
             },
         ]
 
     def _affordable(self, messages: list[MessageParam], calls: list[LLMCall]) -> str | None:
         """Why a call would break the LLM budget, or None when it fits."""
         price = price_of(self.spec)
+        if price is None:
+            return (
+                f"no list price is known for model {self.spec.model!r}: give it one in "
+                "proposers.llm.price"
+            )
         size = len(
             json.dumps([self._system(), messages, tool_schema(self.objective, 1)], default=str)
         )
@@ -134,8 +155,14 @@ class LLMProposer:
                 seconds=time.monotonic() - started,
                 error="the answer is nested too deeply to read (past Python's recursion limit)",
             )
-        call = cost_usd(price_of(self.spec), response.usage).model_copy(
-            update={"purpose": purpose, "seconds": time.monotonic() - started}
+        price = price_of(self.spec)
+        assert price is not None, "_affordable refuses a model without a price"
+        call = cost_usd(price, response.usage, self.cache_ttl).model_copy(
+            update={
+                "purpose": purpose,
+                "seconds": time.monotonic() - started,
+                "stop_reason": str(getattr(response, "stop_reason", "") or ""),
+            }
         )
         return response, call
 
@@ -146,14 +173,17 @@ class LLMProposer:
         notices: list[str] = []
         calls: list[LLMCall] = []
         rejected: list[Rejected] = []
-        accepted: list[tuple[dict[str, Any], str]] = []
+        accepted: list[Checked] = []
         client = self._client_or_none()
         tried = {t.key: t.trial_id for t in seen}
         if client is None:
             notices.append(
                 f"LLM proposer off: {KEY_VARIABLE} is not set; Optuna proposes every trial"
             )
-        history = json.dumps(history_view(objective, self.spec, seen), indent=1, default=str)
+        known = {t.trial_id for t in seen}
+        history = json.dumps(
+            history_view(objective, self.spec, seen, self.notes), indent=1, default=str
+        )
         messages: list[MessageParam] = [
             {
                 "role": "user",
@@ -169,7 +199,9 @@ class LLMProposer:
             if too_dear:
                 notices.append(f"LLM proposer stopped: {too_dear}")
                 break
-            response, call = self._call(client, messages, n - len(accepted), purpose)
+            # The tool (its maxItems) is the propose call's in the repair call too: the cached
+            # prefix (tools, then system) stays byte-identical; the prompt asks for fewer.
+            response, call = self._call(client, messages, n, purpose)
             calls.append(call)
             if response is None:
                 notices.append(
@@ -177,9 +209,16 @@ class LLMProposer:
                 )
                 break
             items, problem = tool_input(response)
+            if call.stop_reason == "max_tokens":  # the tool call may be cut: keep none of it
+                items = None
+                problem = (
+                    f"the answer was cut off at max_tokens ({self.spec.max_tokens}); "
+                    "answer with fewer or shorter proposals"
+                )
+                rejected.append(Rejected(params="(the whole answer)", reason=problem))
             errors: list[str] = [problem] if problem else []
             for i, item in enumerate(items or []):
-                item_errors, clean, rationale = self._check_item(objective, item, tried)
+                item_errors, checked = self._check_item(objective, item, tried, known)
                 if item_errors:
                     errors += [f"proposal {i + 1}: {e}" for e in item_errors]
                     rejected.append(
@@ -189,8 +228,8 @@ class LLMProposer:
                         )
                     )
                 elif len(accepted) < n:
-                    tried[params_key({**clean, **objective.fixed})] = "this answer"
-                    accepted.append((clean, rationale))
+                    tried[params_key({**checked.params, **objective.fixed})] = "this answer"
+                    accepted.append(checked)
             if not errors:
                 break
             tool_use = next(
@@ -230,22 +269,42 @@ class LLMProposer:
             }
         )
         return [
-            make_proposal(objective, cycle, first_number + i, i, params, self.name, rationale)
-            for i, (params, rationale) in enumerate(accepted)
+            make_proposal(
+                objective,
+                cycle,
+                first_number + i,
+                i,
+                c.params,
+                self.name,
+                c.rationale,
+                c.hypothesis,
+                c.prediction,
+            )
+            for i, c in enumerate(accepted)
         ]
 
     def _check_item(
-        self, objective: Objective, item: Any, tried: dict[str, str]
-    ) -> tuple[list[str], dict[str, Any], str]:
+        self, objective: Objective, item: Any, tried: dict[str, str], known: set[str]
+    ) -> tuple[list[str], Checked]:
+        """What is wrong with one proposal of an answer, and what of it is kept. A proposal
+        without a hypothesis and prediction is run, with no entry in the ledger."""
         if not isinstance(item, dict):
-            return [f"a proposal must be an object, got {type(item).__name__}"], {}, ""
+            return [f"a proposal must be an object, got {type(item).__name__}"], NOTHING
         if nesting(item) > MAX_NESTING:
-            return [f"the proposal is nested deeper than {MAX_NESTING} levels"], {}, ""
-        unknown = sorted(set(item) - {"params", "rationale"})
+            return [f"the proposal is nested deeper than {MAX_NESTING} levels"], NOTHING
+        unknown = sorted(set(item) - set(ITEM_KEYS))
         errors = [f"unknown key {k!r}" for k in unknown]
         rationale = item.get("rationale")
         if not isinstance(rationale, str) or not rationale.strip():
             errors.append("a rationale is required")
+        hypothesis = item.get("hypothesis", "")
+        if not isinstance(hypothesis, str):
+            errors.append(f"hypothesis must be a string, got {type(hypothesis).__name__}")
+            hypothesis = ""
+        prediction = None
+        if item.get("prediction") is not None:
+            prediction, prediction_errors = check_prediction(objective, item["prediction"], known)
+            errors += prediction_errors
         clean, param_errors = check_params(
             objective,
             item.get("params"),
@@ -257,7 +316,33 @@ class LLMProposer:
             earlier = tried.get(params_key({**clean, **objective.fixed}))
             if earlier is not None:
                 errors.append(f"repeats a configuration already tried ({earlier})")
-        return errors, clean, short_rationale(rationale) if isinstance(rationale, str) else ""
+        return errors, Checked(
+            clean,
+            short_rationale(rationale) if isinstance(rationale, str) else "",
+            short_rationale(hypothesis),
+            prediction,
+        )
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What is kept of a valid proposal of an answer."""
+
+    params: dict[str, Any]
+    rationale: str
+    hypothesis: str = ""
+    prediction: Prediction | None = None
+
+
+NOTHING = Checked({}, "")
+
+
+def cache_ttl(setting: str, cycle_gap_s: float | None) -> CacheTTL:
+    """The prompt cache's lifetime: as set, or with `auto` an hour where the previous cycle
+    started more than the default five minutes before this one (the next is likely as far)."""
+    if setting == "1h" or (setting == "auto" and (cycle_gap_s or 0.0) > SHORT_CACHE_S):
+        return "1h"
+    return "5m"
 
 
 def _api_error(exc: anthropic.APIError) -> str:

@@ -17,6 +17,7 @@ from factory_lib.objective import (
     Objective,
 )
 from factory_lib.propose.base import SeenTrial
+from factory_lib.propose.notes import LabNotes
 from factory_lib.reward import pareto_indices
 
 CHARS_PER_TOKEN_ESTIMATE = 3.0
@@ -97,8 +98,14 @@ def pareto_front(seen: Sequence[SeenTrial], metric: str, direction: str) -> list
     return sorted((done[i] for i in front), key=lambda t: t.val["params"])
 
 
-def history_view(objective: Objective, spec: LLMSpec, seen: Sequence[SeenTrial]) -> dict[str, Any]:
-    """What the model is shown: best trials, the Pareto front, failures, earlier LLM ideas."""
+def history_view(
+    objective: Objective,
+    spec: LLMSpec,
+    seen: Sequence[SeenTrial],
+    notes: LabNotes | None = None,
+) -> dict[str, Any]:
+    """What the model is shown: best trials, the Pareto front, failures, earlier LLM ideas
+    with their hypotheses and grades, and the previous cycle's lab notes."""
     ranked = sorted(
         (t for t in seen if t.val_reward is not None and t.feasible),
         key=lambda t: -(t.val_reward or 0.0),
@@ -126,6 +133,14 @@ def history_view(objective: Objective, spec: LLMSpec, seen: Sequence[SeenTrial])
         },
         "recent_failures": [_trial_view(t) for t in failures],
         "earlier_llm_proposals": [
-            {**_trial_view(t), "rationale": t.rationale} for t in llm_earlier
+            {**_trial_view(t), "rationale": t.rationale, **_hypothesis_view(t)} for t in llm_earlier
         ],
+        **({"lab_notes": notes.for_model()} if notes is not None else {}),
     }
+
+
+def _hypothesis_view(t: SeenTrial) -> dict[str, Any]:
+    if t.prediction is None:
+        return {}
+    grade = {"verdict": t.grade.verdict, "observed": t.grade.observed} if t.grade else {}
+    return {"hypothesis": t.hypothesis, "prediction": t.prediction.text(), **grade}

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from anthropic.types import ToolChoiceToolParam, ToolParam
+from pydantic import ValidationError
 
 from factory_lib.models.grammar import canonical, check
 from factory_lib.objective import (
@@ -22,6 +23,7 @@ from factory_lib.objective import (
     Objective,
 )
 from factory_lib.propose.optuna_proposer import uses_arch
+from factory_lib.records import COMPARISONS, SPLIT_FREE_METRICS, Prediction
 
 TOOL_NAME = "propose_trials"
 FORCED_TOOL: ToolChoiceToolParam = {"type": "tool", "name": TOOL_NAME}
@@ -33,6 +35,8 @@ RATIONALE_MAX_CHARS = 600
 
 
 REJECTED_PARAMS_MAX_CHARS = 300
+TRIAL_ID_PATTERN = r"^c\d{3}-t\d{2}$"
+ITEM_KEYS = ("params", "rationale", "hypothesis", "prediction")
 
 
 def _param_schema(p: FloatParam | IntParam | CategoricalParam) -> dict[str, Any]:
@@ -116,8 +120,14 @@ def tool_schema(objective: Objective, n: int) -> ToolParam:
                                 "additionalProperties": False,
                             },
                             "rationale": {"type": "string", "minLength": 1},
+                            "hypothesis": {
+                                "type": "string",
+                                "minLength": 1,
+                                "description": "what this trial tests, in one sentence",
+                            },
+                            "prediction": _prediction_schema(objective),
                         },
-                        "required": ["params", "rationale"],
+                        "required": list(ITEM_KEYS),
                         "additionalProperties": False,
                     },
                 }
@@ -125,6 +135,59 @@ def tool_schema(objective: Objective, n: int) -> ToolParam:
             "required": ["proposals"],
         },
     }
+
+
+def prediction_metrics(objective: Objective) -> list[str]:
+    """What a prediction may compare: the validation reward, the quality metrics on the
+    validation split, and the model's cost."""
+    return ["val_reward", *objective.metric_names, *SPLIT_FREE_METRICS]
+
+
+def _prediction_schema(objective: Objective) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "checked on this trial's validation numbers after the cycle: either "
+        "{metric, op, value} or {beats: the id of a trial already in the history}, meaning "
+        "this trial's val_reward will be larger than that trial's",
+        "properties": {
+            "metric": {"enum": prediction_metrics(objective)},
+            "op": {"enum": list(COMPARISONS)},
+            "value": {"type": "number"},
+            "beats": {"type": "string", "pattern": TRIAL_ID_PATTERN},
+        },
+        "additionalProperties": False,
+    }
+
+
+def check_prediction(
+    objective: Objective, raw: Any, known_trials: Collection[str]
+) -> tuple[Prediction | None, list[str]]:
+    """Validate one proposal's prediction against its fixed form; returns (it, errors)."""
+    if not isinstance(raw, dict):
+        return None, [f"prediction must be an object, got {type(raw).__name__}"]
+    unknown = sorted(set(raw) - {"metric", "op", "value", "beats"})
+    if unknown:
+        return None, [f"prediction: unknown key {k!r}" for k in unknown]
+    errors = []
+    metric, op, value, beats = (raw.get(k) for k in ("metric", "op", "value", "beats"))
+    if metric is not None and metric not in prediction_metrics(objective):
+        errors.append(
+            f"prediction: metric {metric!r} is not one of {prediction_metrics(objective)}"
+        )
+    if op is not None and op not in COMPARISONS:
+        errors.append(f"prediction: op {str(op)[:10]!r} is not one of {list(COMPARISONS)}")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    ):
+        errors.append(f"prediction: value {str(value)[:40]!r} is not a finite number")
+    if beats is not None and beats not in known_trials:
+        errors.append(f"prediction: beats {str(beats)[:40]!r}, which is not a trial of the history")
+    if errors:
+        return None, errors
+    try:
+        return Prediction(metric=metric, op=op, value=value, beats=beats), []
+    except ValidationError as exc:  # neither of the two forms
+        return None, [f"prediction: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
 
 
 def _as_int(value: Any) -> int | None:
