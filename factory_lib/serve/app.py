@@ -212,10 +212,16 @@ def create_app(
     @app.post("/predict")
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
+        if batcher is not None:
+            batcher.arriving += 1  # the batch being collected may wait for this one
         try:
-            body = await _read_body(request, config.max_body_bytes)
-            parsed = parse_body(body, config.max_rows)
-            rows = _encode(slot.model, parsed)
+            try:
+                body = await _read_body(request, config.max_body_bytes)
+                parsed = parse_body(body, config.max_rows)
+                rows = _encode(slot.model, parsed)
+            finally:
+                if batcher is not None:
+                    batcher.arriving -= 1
             answers, version = await answer(rows)
             before = sampler.kept
             sampler.offer(rows, version.trial_id)

@@ -1,10 +1,12 @@
 """Dynamic batching: concurrent requests' rows answered by one model call.
 
 Requests queue their rows; one collector takes the first waiting request, then whatever else
-arrives within `max_wait_s` (or is already waiting while the previous batch ran), up to
-`max_rows`, and runs the model once, in a worker thread so the event loop keeps accepting
-requests. The model is looked up once per batch: a hot swap takes effect between batches, and
-a batch in progress finishes on the model it started with.
+is already waiting (it queued while the previous batch ran), up to `max_rows`. It waits for
+more, up to `max_wait_s`, only while requests are on their way (`arriving`: received, not
+yet queued), so a lone client pays no wait. Then it runs the model once, in a worker thread
+so the event loop keeps accepting requests. The model is looked up once per batch: a hot
+swap takes effect between batches, and a batch in progress finishes on the model it started
+with.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Waiting] = asyncio.Queue()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch")
         self._task: asyncio.Task[None] | None = None
+        self.arriving = 0  # requests received and being read or checked, not queued yet
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._collect())
@@ -72,7 +75,7 @@ class Batcher:
                     more = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     left = deadline - time.monotonic()
-                    if left <= 0:
+                    if left <= 0 or self.arriving <= 0:
                         break
                     try:
                         more = await asyncio.wait_for(self._queue.get(), left)
