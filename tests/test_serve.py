@@ -5,8 +5,10 @@ champion, hot swap on promotion and rollback, traffic sampling, `factory drift -
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -384,8 +386,10 @@ def test_promotion_and_rollback_swap_under_load_without_a_failed_request(served:
 
 @pytest.mark.slow
 def test_sampled_traffic_feeds_drift_served_and_the_watch_starts_one_cycle(
-    served: Served,
+    served: Served, datastore: str
 ) -> None:
+    from metaflow.cards import get_cards
+
     from factory_lib.runs.client import FLOW_NAME, cycle_runs
 
     for path in served.sample_dir.glob("*.npz"):  # what earlier tests sent: a new sample
@@ -415,9 +419,11 @@ def test_sampled_traffic_feeds_drift_served_and_the_watch_starts_one_cycle(
     assert "a new cycle is warranted" in moved.stdout and "features drifted" in moved.stdout
 
     before = len(cycle_runs(FLOW_NAME, NAME))
-    watch = factory_cli(
-        "loop", "--cycles", "1", "--config", str(served.objective), "--watch",
-        "--watch-every", "1", "--watch-checks", "2", "--sample-dir", str(served.sample_dir),
+    watch = subprocess.run(  # from the datastore's root, where the Client API reads cards
+        [sys.executable, "-m", "factory_lib.ops.cli", "loop", "--cycles", "1", "--config",
+         str(served.objective), "--watch", "--watch-every", "1", "--watch-checks", "2",
+         "--sample-dir", str(served.sample_dir)],
+        cwd=datastore, env=os.environ.copy(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert watch.returncode == 0, watch.stderr[-3000:]
     assert watch.stdout.count("starting a cycle") == 1, watch.stdout
@@ -426,3 +432,9 @@ def test_sampled_traffic_feeds_drift_served_and_the_watch_starts_one_cycle(
     assert len(runs) == before + 1
     trigger = [t for t in runs[0].user_tags if t.startswith("trigger:drift:")]
     assert trigger and "features drifted" in trigger[0]
+    html = get_cards(runs[0]["end"].task, id="cycle")[0].get()
+    found = re.search(r'window\.__MF_DATA__\["[^"]+"\] = "([^"]+)"', html)
+    assert found, "no card data in the HTML"
+    card = base64.b64decode(found[1]).decode()  # the blank card's components, as JSON
+    assert "**Started by** drift: served traffic since cycle" in card
+    assert "features drifted" in card

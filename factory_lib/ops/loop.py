@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from factory_lib.checks import check_file
 from factory_lib.explore.analysis import CycleView
-from factory_lib.explore.summary import CycleSummary
+from factory_lib.explore.summary import TRIGGER_TAG, CycleSummary
 from factory_lib.history import state_of
 from factory_lib.objective import Objective, objective_path
 from factory_lib.runs.client import FLOW_NAME
@@ -127,7 +127,6 @@ def loop(args: argparse.Namespace) -> int:
 
 # A drift check on fewer served rows than this says nothing either way: the watch waits.
 MIN_SERVED_ROWS = 50
-TRIGGER_TAG = "trigger"
 
 
 def watch(args: argparse.Namespace, path: Path, objective: Objective, out: TextIO) -> int:
@@ -160,7 +159,7 @@ def watch(args: argparse.Namespace, path: Path, objective: Objective, out: TextI
             if report.warranted:
                 why = f"served traffic since {after} drifted: {'; '.join(report.reasons)}"
                 print(f"watch: {why}; starting a cycle", file=out, flush=True)
-                code = run_cycles(args, path, objective, out, f"{TRIGGER_TAG}:drift:{why}")
+                code = run_cycles(args, path, objective, out, f"{TRIGGER_TAG}drift:{why}")
                 if code:
                     return code
         if args.watch_checks and checks >= args.watch_checks:

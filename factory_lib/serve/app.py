@@ -200,12 +200,12 @@ def create_app(
                 LOG.info("traffic sample written: %s", written)
 
     app = FastAPI(title=f"factory serve: {config.objective}", lifespan=lifespan)
-    pool = asyncio.Semaphore(1)  # without batching: one model call at a time, like a batcher
+    one_call = asyncio.Semaphore(1)  # without batching: one model call at a time, like a batcher
 
     async def answer(rows: np.ndarray) -> tuple[list[Any], ModelVersion]:
         if batcher is not None:
             return await batcher.submit(rows)
-        async with pool:
+        async with one_call:
             metrics.batch_rows.observe(len(rows))
             return await asyncio.to_thread(run_batch, rows)
 

@@ -34,7 +34,7 @@ def current_champion(objective_name: str, branch: str | None = None) -> Current:
     then only the default is there to read.
     """
     if branch is not None:
-        raise NotImplementedError(f"--branch {branch}: searches on branches are not readable yet")
+        raise LookupError(f"--branch {branch}: searches on branches are not readable yet")
     state = latest_cycle(FLOW_NAME, objective_name)
     if state is None or state.bundle is None:
         raise LookupError(f"objective {objective_name!r} has no champion yet: run a cycle first")
