@@ -211,8 +211,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Cycle 1 of a digits search (one weak trial: the first champion), served by `factory
-    serve` in a subprocess on a free loopback port, every row sampled; stopped at the end."""
+    """Cycle 1 of a digits search (one weak trial, approved: the first champion; promotions
+    wait for approval), served by `factory serve` in a subprocess on a free loopback port,
+    every row sampled; stopped at the end."""
     from factory_lib.objective import load_objective
 
     tmp = tmp_path_factory.mktemp("serve")
@@ -222,9 +223,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         data={"dataset": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
         reward={"constraints": ["params <= 100000"]},
         budget={"trials_per_cycle": 1},
+        promotion={"require_approval": True},
         proposers={"enqueue": [WEAK, STRONG, STRONG]},
     )
     run_cycle(objective, fresh=True)
+    approved = factory_cli("approve", "--objective", NAME)
+    assert approved.returncode == 0, approved.stderr
     spec = load_objective(objective)
     x = load_splits(spec.data, spec.task).raw_x["test"]
     port, sample_dir, log = _free_port(), tmp / "traffic", tmp / "serve.log"
@@ -341,7 +345,7 @@ def test_model_and_metrics_say_what_is_served(served: Served) -> None:
 
 
 @pytest.mark.slow
-def test_promotion_and_rollback_swap_under_load_without_a_failed_request(served: Served) -> None:
+def test_approval_and_rollback_swap_under_load_without_a_failed_request(served: Served) -> None:
     from factory_lib.runs.champions import load_version
 
     seen: list[tuple[int, str]] = []
@@ -364,8 +368,13 @@ def test_promotion_and_rollback_swap_under_load_without_a_failed_request(served:
         c.start()
     try:
         second = run_cycle(served.objective)["end"].task.data
-        assert second.decision.status == "promoted", second.decision.reason
+        assert second.decision.status == "pending", second.decision.reason
+        time.sleep(3)  # three polls: a promotion awaiting approval is not served
+        assert served.model()["trial_id"] == "c001-t00"
+        approve = factory_cli("approve", "--objective", NAME)
+        assert approve.returncode == 0, approve.stderr
         served.wait_for_model("c002-t00")
+        time.sleep(1.1)  # registry events are stamped to the second: keep them in order
         rollback = factory_cli("rollback", "--objective", NAME, "--to", "c001-t00")
         assert rollback.returncode == 0, rollback.stderr
         served.wait_for_model("c001-t00")
@@ -380,6 +389,7 @@ def test_promotion_and_rollback_swap_under_load_without_a_failed_request(served:
     assert "c002-t00" in models and models[-1] == "c001-t00"
     assert models.index("c002-t00") < len(models) - models[::-1].index("c001-t00") - 1
     assert "swapped c001-t00 -> c002-t00" in served.log.read_text()
+    assert "swapped c002-t00 -> c001-t00" in served.log.read_text()
     answer = served.post({"inputs": served.x.tolist()}).json()
     assert answer["predictions"] == load_version(NAME, "c001-t00").predict(served.x).tolist()
 
