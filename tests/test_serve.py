@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from factory_lib.data import load_splits
 from factory_lib.serve.batching import Batcher
 from factory_lib.serve.inputs import BadRequest, numeric_rows, parse_body, table_rows
 from factory_lib.serve.traffic import SamplingConfig, TrafficSampler, read_sample
-from tests.conftest import ROOT, factory_cli, run_cycle, write_objective
+from tests.conftest import EXAMPLE_DATA, ROOT, factory_cli, run_cycle, write_objective
 
 NAME = "serve_digits"
 WEAK = {"lr": 0.001, "width": 4, "depth": 1}
@@ -231,12 +232,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     assert approved.returncode == 0, approved.stderr
     spec = load_objective(objective)
     x = load_splits(spec.data, spec.task).raw_x["test"]
-    port, sample_dir, log = _free_port(), tmp / "traffic", tmp / "serve.log"
-    command = [sys.executable, "-m", "factory_lib.ops.cli", "serve", "--objective", NAME]
-    options = ["--port", str(port), "--poll", "1", "--sample-rate", "1", "--sample-rows", "100"]
+    sample_dir, log = tmp / "traffic", tmp / "serve.log"
+    options = ["--poll", "1", "--sample-rate", "1", "--sample-rows", "100"]
+    with serving(NAME, log, *options, "--sample-dir", str(sample_dir)) as url:
+        yield Served(objective, url, sample_dir, log, x)
+
+
+@contextmanager
+def serving(objective_name: str, log: Path, *options: str) -> Iterator[str]:
+    """`factory serve` in a subprocess on a free loopback port, until the block ends: its URL."""
+    port = _free_port()
+    command = [sys.executable, "-m", "factory_lib.ops.cli", "serve", "--objective", objective_name]
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [*command, *options, "--sample-dir", str(sample_dir)],
+            [*command, "--port", str(port), *options],
             cwd=ROOT,
             env=os.environ.copy(),
             stdout=out,
@@ -253,7 +262,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        yield Served(objective, url, sample_dir, log, x)
+        yield url
     finally:
         proc.terminate()  # uvicorn shuts down gracefully: the sample's last rows are written
         try:
@@ -448,3 +457,37 @@ def test_sampled_traffic_feeds_drift_served_and_the_watch_starts_one_cycle(
     card = base64.b64decode(found[1]).decode()  # the blank card's components, as JSON
     assert "**Started by** drift: served traffic since cycle" in card
     assert "features drifted" in card
+
+
+@pytest.mark.slow
+def test_a_table_champion_takes_rows_as_objects_of_column_values(tmp_path: Path) -> None:
+    from factory_lib.objective import load_objective
+    from factory_lib.runs.champions import load_champion
+
+    name = "serve_penguins"
+    objective = write_objective(
+        tmp_path,
+        name,
+        base="penguins",
+        data={"table": str(EXAMPLE_DATA / "penguins.csv")},
+        budget={"trials_per_cycle": 1, "max_epochs": 3},
+    )
+    run_cycle(objective, fresh=True)
+    spec = load_objective(objective)
+    frame = load_splits(spec.data, spec.task).raw_x["test"]
+    rows = json.loads(frame.to_json(orient="records"))  # missing values become null
+    assert any(v is None for row in rows for v in row.values())
+    expected = load_champion(name).predict(frame).tolist()
+    assert set(expected) <= {"Adelie", "Chinstrap", "Gentoo"}
+    with serving(name, tmp_path / "serve.log", "--no-sample") as url:
+        answer = httpx.post(f"{url}/predict", json={"inputs": rows}, timeout=30)
+        assert answer.json()["predictions"] == expected
+        one = httpx.post(f"{url}/predict", json={"input": rows[3]}, timeout=30).json()
+        assert one["prediction"] == expected[3]
+        for row, says in (
+            ({**rows[0], "beak": 1.0}, "inputs[0]: unknown column(s) 'beak'"),
+            ({**rows[0], "bill_length_mm": "long"}, "column 'bill_length_mm' is numeric"),
+            ([1, 2, 3], "inputs[0]: a row of this table is an object"),
+        ):
+            refused = httpx.post(f"{url}/predict", json={"inputs": [row]}, timeout=30)
+            assert refused.status_code == 422 and says in refused.json()["error"], refused.text
