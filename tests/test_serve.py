@@ -27,7 +27,7 @@ import pytest
 from factory_lib.data import load_splits
 from factory_lib.serve.batching import Batcher
 from factory_lib.serve.inputs import BadRequest, numeric_rows, parse_body, table_rows
-from factory_lib.serve.traffic import SamplingConfig, TrafficSampler, read_sample
+from factory_lib.serve.traffic import SamplingConfig, TrafficSampler, read_sample, sample_folder
 from tests.conftest import EXAMPLE_DATA, ROOT, factory_cli, run_cycle, write_objective
 
 NAME = "serve_digits"
@@ -151,31 +151,43 @@ def test_a_failing_model_call_fails_only_its_batch() -> None:
     assert isinstance(bad, RuntimeError) and good == ([1], None)
 
 
-def test_the_traffic_sample_is_rotated_bounded_and_read_since(tmp_path: Path) -> None:
-    folder = tmp_path / "traffic"
-    sampler = TrafficSampler(
-        SamplingConfig(folder, rate=0.5, rows_per_file=10, max_files=3), seed=0
-    )
+@pytest.fixture(params=["local", "s3"])
+def sample_place(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A folder for the traffic sample: a local one, or a prefix on S3 (moto's server)."""
+    if request.param == "local":
+        return str(tmp_path / "traffic")
+    aws = request.getfixturevalue("aws")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    for key, value in aws.env.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"traffic-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    aws.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/CycleFlow/traffic/digits"
+
+
+def test_the_traffic_sample_is_rotated_bounded_and_read_since(sample_place: str) -> None:
+    where = sample_place
+    config = SamplingConfig(where, rate=0.5, rows_per_file=10, max_files=3)
+    sampler = TrafficSampler(config, seed=0)
     for i in range(100):
         sampler.offer(np.full((2, 4), i, np.float32), "c001-t00")
-    files = sorted(folder.glob("*.npz"))
-    assert len(files) == 3  # rotated: only the newest three of the files written are kept
+    assert len(sample_folder(where).names()) == 3  # rotated: the newest three files are kept
     assert sampler.kept == pytest.approx(100, abs=30)  # half of 200 rows
-    sample = read_sample(folder)
+    sample = read_sample(where)
     assert 30 <= len(sample.x) <= 33 and sample.files == 3  # 10 rows a file, or one pair more
     assert sample.x.min() > 30  # the oldest rows were rotated away
     later = time.time()
-    assert read_sample(folder, since=later).files == 0
-    every = TrafficSampler(SamplingConfig(folder, rate=1.0, rows_per_file=10, max_files=3))
+    assert read_sample(where, since=later).files == 0
+    every = TrafficSampler(SamplingConfig(where, rate=1.0, rows_per_file=10, max_files=3))
     every.offer(np.full((4, 4), -1, np.float32), "c001-t00")
-    assert read_sample(folder, since=later).files == 0  # 4 rows: not a file yet
+    assert read_sample(where, since=later).files == 0  # 4 rows: not a file yet
     assert every.flush("c001-t00") is not None  # as at shutdown
-    assert read_sample(folder, since=later).x.tolist() == [[-1.0] * 4] * 4
+    assert read_sample(where, since=later).x.tolist() == [[-1.0] * 4] * 4
     off = TrafficSampler(SamplingConfig(None))
     off.offer(np.ones((5, 4), np.float32), "c001-t00")
     assert off.kept == 0
     with pytest.raises(ValueError, match="between 0 and 1"):
-        TrafficSampler(SamplingConfig(folder, rate=1.5))
+        TrafficSampler(SamplingConfig(where, rate=1.5))
 
 
 # --- the real server, for a real digits champion ---------------------------------------------

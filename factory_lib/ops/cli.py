@@ -300,7 +300,8 @@ def _objective_option(p: argparse.ArgumentParser) -> None:
 
 def _sample_dir_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--sample-dir", help="folder of the traffic sample (default: beside the local datastore)"
+        "--sample-dir",
+        help="the traffic sample's folder or s3:// prefix (default: beside the datastore)",
     )
 
 

@@ -185,15 +185,15 @@ def feature_drift(
     return tuple(sorted(drifted, key=lambda d: d[2])), tested
 
 
-def served_sample_folder(objective_name: str, sample_dir: str | None = None) -> Path:
-    """Where `factory serve` keeps the objective's traffic sample: `sample_dir`, or beside the
-    local datastore."""
+def served_sample_folder(objective_name: str, sample_dir: str | None = None) -> str:
+    """Where `factory serve` keeps the objective's traffic sample: `sample_dir` (a folder or an
+    s3:// prefix), or beside the datastore (local or S3)."""
     if sample_dir:
-        return Path(sample_dir)
+        return sample_dir
     store = Datastore.configured()
-    if store is None or store.kind != "local":
+    if store is None or store.kind not in ("local", "s3"):
         where = f"the {store.kind} datastore" if store is not None else "no datastore"
-        raise LookupError(f"{where}: give the traffic sample a local folder with --sample-dir")
+        raise LookupError(f"{where}: give the traffic sample a place with --sample-dir")
     return traffic_folder(store.root, FLOW_NAME, objective_name)
 
 

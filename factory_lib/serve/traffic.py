@@ -5,18 +5,20 @@ form `factory drift` compares with the training split). Kept rows are written `r
 at a time (and at shutdown) as `.npz` files named by the time of their first row; past
 `max_files` the oldest is removed, so the sample is bounded and recent.
 
-The folder is `<datastore root>/<flow>/traffic/<objective>/` on the local datastore; a server
-on the S3 datastore is given a local folder with `--sample-dir`.
+The folder is `<datastore root>/<flow>/traffic/<objective>/` beside the datastore: a local
+folder, or an S3 prefix (`s3://bucket/...`, written with boto3) on the S3 datastore.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,17 +27,86 @@ TRAFFIC_DIR = "traffic"
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How much of the traffic to keep, and where (None: sampling is off)."""
+    """How much of the traffic to keep, and where: a folder or an s3:// prefix (None: off)."""
 
-    folder: Path | None
+    folder: str | Path | None
     rate: float = 0.1
     rows_per_file: int = 1000
     max_files: int = 20
 
 
-def traffic_folder(datastore_root: str, flow_name: str, objective_name: str) -> Path:
-    """Where a local datastore's served traffic of an objective is kept."""
-    return Path(datastore_root) / flow_name / TRAFFIC_DIR / objective_name
+def traffic_folder(datastore_root: str, flow_name: str, objective_name: str) -> str:
+    """Where a datastore's served traffic of an objective is kept (a path or an s3:// URL)."""
+    return f"{datastore_root.rstrip('/')}/{flow_name}/{TRAFFIC_DIR}/{objective_name}"
+
+
+class SampleFolder(Protocol):
+    """Where sample files live: a local folder or an S3 prefix."""
+
+    def names(self) -> list[str]: ...  # the sample files' names, oldest first
+    def write(self, name: str, body: bytes) -> str: ...  # whole, or not at all; where
+    def read(self, name: str) -> bytes: ...
+    def delete(self, name: str) -> None: ...
+
+
+class _LocalFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.path.glob("*.npz")) if self.path.is_dir() else []
+
+    def write(self, name: str, body: bytes) -> str:
+        self.path.mkdir(parents=True, exist_ok=True)
+        temporary = self.path / f".{name}.tmp"
+        temporary.write_bytes(body)
+        os.replace(temporary, self.path / name)  # readers never see half a file
+        return str(self.path / name)
+
+    def read(self, name: str) -> bytes:
+        return (self.path / name).read_bytes()
+
+    def delete(self, name: str) -> None:
+        (self.path / name).unlink(missing_ok=True)
+
+
+class _S3Folder:
+    """An S3 prefix, through boto3 (its endpoint and credentials as the environment says)."""
+
+    def __init__(self, url: str) -> None:
+        import boto3
+
+        self.url = url.rstrip("/")
+        self.bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.client: Any = boto3.client("s3")
+
+    def names(self) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        )
+        keys = [o["Key"] for page in pages for o in page.get("Contents", ())]
+        return sorted(k[len(self.prefix) :] for k in keys if k.endswith(".npz"))
+
+    def write(self, name: str, body: bytes) -> str:
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=body)
+        return f"{self.url}/{name}"
+
+    def read(self, name: str) -> bytes:
+        body: bytes = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)[
+            "Body"
+        ].read()
+        return body
+
+    def delete(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
+
+
+def sample_folder(where: str | Path) -> SampleFolder:
+    """The sample's folder: an s3:// prefix, or a local path."""
+    if str(where).startswith("s3://"):
+        return _S3Folder(str(where))
+    return _LocalFolder(Path(where))
 
 
 class TrafficSampler:
@@ -45,6 +116,7 @@ class TrafficSampler:
         if not 0.0 <= config.rate <= 1.0:
             raise ValueError(f"sample rate {config.rate}: give a share between 0 and 1")
         self.config = config
+        self._folder = sample_folder(config.folder) if config.folder is not None else None
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._rows: list[np.ndarray] = []
@@ -71,31 +143,23 @@ class TrafficSampler:
             if len(self._rows) >= self.config.rows_per_file:
                 self._write(trial_id)
 
-    def flush(self, trial_id: str) -> Path | None:
-        """Write the rows kept so far (at shutdown, or for a drift check now)."""
+    def flush(self, trial_id: str) -> str | None:
+        """Write the rows kept so far (at shutdown, or for a drift check now); where."""
         with self._lock:
             return self._write(trial_id) if self._rows else None
 
-    def _write(self, trial_id: str) -> Path:
-        folder = self.config.folder
+    def _write(self, trial_id: str) -> str:
+        folder = self._folder
         assert folder is not None
-        folder.mkdir(parents=True, exist_ok=True)
         self._written += 1
         name = f"{int(self._first_at * 1000):015d}-{os.getpid()}-{self._written:06d}.npz"
-        temporary = folder / f".{name}.tmp"
-        with temporary.open("wb") as f:
-            np.savez(f, x=np.stack(self._rows), first_at=self._first_at, trial_id=trial_id)
-        path = folder / name
-        os.replace(temporary, path)  # readers never see half a file
+        body = io.BytesIO()
+        np.savez(body, x=np.stack(self._rows), first_at=self._first_at, trial_id=trial_id)
+        where = folder.write(name, body.getvalue())
         self._rows = []
-        for old in sample_files(folder)[: -self.config.max_files]:
-            old.unlink(missing_ok=True)
-        return path
-
-
-def sample_files(folder: Path) -> list[Path]:
-    """The sample's files, oldest first."""
-    return sorted(folder.glob("*.npz")) if folder.is_dir() else []
+        for old in folder.names()[: -self.config.max_files]:
+            folder.delete(old)
+        return where
 
 
 @dataclass(frozen=True)
@@ -107,11 +171,14 @@ class ServedSample:
     first_at: float | None  # when the oldest row read was served (seconds since the epoch)
 
 
-def read_sample(folder: Path, since: float | None = None) -> ServedSample:
+def read_sample(where: str | Path, since: float | None = None) -> ServedSample:
     """The rows served since `since` (seconds since the epoch; None: all that are kept)."""
+    folder = sample_folder(where)
     parts, firsts = [], []
-    for path in sample_files(folder):
-        with np.load(path) as data:
+    for name in folder.names():
+        if since is not None and int(name.split("-", 1)[0]) / 1000 < since - 0.001:
+            continue  # the name says when its first row came: no need to read it
+        with np.load(io.BytesIO(folder.read(name))) as data:
             first_at = float(data["first_at"])
             if since is not None and first_at < since:
                 continue
