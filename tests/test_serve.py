@@ -171,6 +171,7 @@ def test_the_traffic_sample_is_rotated_bounded_and_read_since(sample_place: str)
     sampler = TrafficSampler(config, seed=0)
     for i in range(100):
         sampler.offer(np.full((2, 4), i, np.float32), "c001-t00")
+    sampler.wait()  # the files are written in the sampler's own thread
     assert len(sample_folder(where).names()) == 3  # rotated: the newest three files are kept
     assert sampler.kept == pytest.approx(100, abs=30)  # half of 200 rows
     sample = read_sample(where)
@@ -180,7 +181,7 @@ def test_the_traffic_sample_is_rotated_bounded_and_read_since(sample_place: str)
     assert read_sample(where, since=later).files == 0
     every = TrafficSampler(SamplingConfig(where, rate=1.0, rows_per_file=10, max_files=3))
     every.offer(np.full((4, 4), -1, np.float32), "c001-t00")
-    assert read_sample(where, since=later).files == 0  # 4 rows: not a file yet
+    assert every.wait() == [] and read_sample(where, since=later).files == 0  # not a file yet
     assert every.flush("c001-t00") is not None  # as at shutdown
     assert read_sample(where, since=later).x.tolist() == [[-1.0] * 4] * 4
     off = TrafficSampler(SamplingConfig(None))
@@ -343,6 +344,18 @@ def test_every_bad_request_gets_its_4xx_and_the_server_stays_up(served: Served) 
         assert client.post("/predict", json={"input": row}).status_code == 200
 
 
+def _settled_rows(folder: Path) -> int:
+    """The rows in the sample once no file has been added for half a second (10 s at most)."""
+    deadline, last = time.monotonic() + 10, -1
+    while time.monotonic() < deadline:
+        rows = len(read_sample(folder).x)
+        if rows == last:
+            return rows
+        last = rows
+        time.sleep(0.5)
+    return last
+
+
 def _metric(client: httpx.Client, name: str) -> float:
     for line in client.get("/metrics").text.splitlines():
         if line.startswith(name + " "):
@@ -428,9 +441,8 @@ def test_sampled_traffic_feeds_drift_served_and_the_watch_starts_one_cycle(
     with httpx.Client() as client:
         for start in range(0, 300, 50):  # the held-out split as it is: 300 rows, 3 files
             assert served.post({"inputs": served.x[start : start + 50].tolist()}, client)
-    files = sorted(served.sample_dir.glob("*.npz"))
-    assert files, served.log.read_text()[-2000:]
-    rows = len(read_sample(served.sample_dir).x)
+    rows = _settled_rows(served.sample_dir)  # the server writes files in a thread of its own
+    assert rows >= 200, served.log.read_text()[-2000:]
     drift = ["drift", "--objective", NAME, "--served", "--sample-dir", str(served.sample_dir)]
     same = factory_cli(*drift, "--json")
     assert same.returncode == 0, same.stderr
@@ -445,6 +457,7 @@ def test_sampled_traffic_feeds_drift_served_and_the_watch_starts_one_cycle(
     with httpx.Client() as client:
         for start in range(0, 300, 50):
             assert served.post({"inputs": shifted[start : start + 50].tolist()}, client)
+    assert _settled_rows(served.sample_dir) >= rows + 200
     moved = factory_cli(*drift)
     assert moved.returncode == 0, moved.stderr
     assert "a new cycle is warranted" in moved.stdout and "features drifted" in moved.stdout

@@ -12,10 +12,12 @@ folder, or an S3 prefix (`s3://bucket/...`, written with boto3) on the S3 datast
 from __future__ import annotations
 
 import io
+import logging
 import os
 import random
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 TRAFFIC_DIR = "traffic"
+LOG = logging.getLogger("factory.serve")
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ def sample_folder(where: str | Path) -> SampleFolder:
 
 
 class TrafficSampler:
-    """Keep a random share of the rows served; write them in bounded, rotated files."""
+    """Keep a random share of the rows served; write them in bounded, rotated files, in a
+    writer thread of their own, so that no request waits for a file (on S3, a PUT)."""
 
     def __init__(self, config: SamplingConfig, seed: int | None = None) -> None:
         if not 0.0 <= config.rate <= 1.0:
@@ -122,6 +126,8 @@ class TrafficSampler:
         self._rows: list[np.ndarray] = []
         self._first_at = 0.0
         self._written = 0
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sample")
+        self._pending: list[Future[str]] = []
         self.kept = 0
 
     @property
@@ -140,26 +146,47 @@ class TrafficSampler:
                 self._first_at = time.time()
             self._rows.extend(keep)
             self.kept += len(keep)
-            if len(self._rows) >= self.config.rows_per_file:
-                self._write(trial_id)
+            full = self._take() if len(self._rows) >= self.config.rows_per_file else None
+        if full is not None:
+            writing = self._writer.submit(self._write, *full, trial_id)
+            writing.add_done_callback(_log_failure)
+            self._pending = [*(f for f in self._pending if not f.done()), writing]
+
+    def wait(self) -> list[str]:
+        """Wait for the files being written; where they went."""
+        pending, self._pending = self._pending, []
+        return [f.result() for f in pending]
 
     def flush(self, trial_id: str) -> str | None:
-        """Write the rows kept so far (at shutdown, or for a drift check now); where."""
+        """Write the rows kept so far (at shutdown), after the files being written; where."""
+        self.wait()
         with self._lock:
-            return self._write(trial_id) if self._rows else None
+            full = self._take() if self._rows else None
+        return self._write(*full, trial_id) if full is not None else None
 
-    def _write(self, trial_id: str) -> str:
+    def _take(self) -> tuple[list[np.ndarray], float, int]:
+        """The rows kept so far, when the first came, and the file's number; the buffer empties."""
+        self._written += 1
+        rows, self._rows = self._rows, []
+        return rows, self._first_at, self._written
+
+    def _write(self, rows: list[np.ndarray], first_at: float, number: int, trial_id: str) -> str:
         folder = self._folder
         assert folder is not None
-        self._written += 1
-        name = f"{int(self._first_at * 1000):015d}-{os.getpid()}-{self._written:06d}.npz"
+        name = f"{int(first_at * 1000):015d}-{os.getpid()}-{number:06d}.npz"
         body = io.BytesIO()
-        np.savez(body, x=np.stack(self._rows), first_at=self._first_at, trial_id=trial_id)
+        np.savez(body, x=np.stack(rows), first_at=first_at, trial_id=trial_id)
         where = folder.write(name, body.getvalue())
-        self._rows = []
         for old in folder.names()[: -self.config.max_files]:
             folder.delete(old)
         return where
+
+
+def _log_failure(writing: Future[str]) -> None:
+    """A sample file that could not be written is logged; serving goes on without it."""
+    failure = writing.exception()
+    if failure is not None:
+        LOG.error("traffic sample file not written: %s", failure, exc_info=failure)
 
 
 @dataclass(frozen=True)
