@@ -516,3 +516,33 @@ def test_a_table_champion_takes_rows_as_objects_of_column_values(tmp_path: Path)
         ):
             refused = httpx.post(f"{url}/predict", json={"inputs": [row]}, timeout=30)
             assert refused.status_code == 422 and says in refused.json()["error"], refused.text
+
+
+@pytest.mark.slow
+def test_an_internal_error_is_a_logged_500_and_the_next_request_is_answered(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    from factory_lib.serve.app import ServeConfig, create_app
+
+    app = create_app(ServeConfig(NAME))  # in this process, to make its model fail once
+    model = app.state.slot.model
+    works = model.predict
+
+    def fails(rows: np.ndarray) -> list[Any]:
+        raise RuntimeError("the runtime fell over")
+
+    async def main() -> tuple[httpx.Response, httpx.Response, str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            model.predict = fails
+            failed = await client.post("/predict", json={"input": served.x[0].tolist()})
+            model.predict = works
+            answered = await client.post("/predict", json={"input": served.x[0].tolist()})
+            return failed, answered, (await client.get("/metrics")).text
+
+    failed, answered, metrics = asyncio.run(main())
+    assert failed.status_code == 500 and "RuntimeError" in failed.json()["error"]
+    assert answered.status_code == 200
+    assert 'factory_serve_errors_total{status="500"} 1.0' in metrics
+    assert "internal error answering /predict" in caplog.text
+    assert "the runtime fell over" in caplog.text  # the traceback is in the log
