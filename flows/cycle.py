@@ -379,14 +379,14 @@ class CycleFlow(FlowSpec):
     def end(self) -> None:
         """Render the cycle card, then tag the run so the next cycle starts from it."""
         from factory_lib.explore.analysis import CycleView
-        from factory_lib.explore.cards import cycle_card
+        from factory_lib.explore.cards import cycle_card, triggers
         from factory_lib.history import state_of
         from factory_lib.runs.lease import check_branch, publish_cycle
 
         pathspec = f"{current.flow_name}/{current.run_id}"
         check_branch(self.plan.branch, this_branch(), pathspec)
         current.card["cycle"].extend(  # type: ignore[attr-defined]  # added by @card
-            cycle_card(CycleView.of(state_of(self, pathspec)))
+            cycle_card(CycleView.of(state_of(self, pathspec)), triggers(current.tags))
         )
         plan = self.plan
         for notice in publish_cycle(

@@ -109,3 +109,18 @@ def test_overhead_runs_the_cycle_and_the_baseline_side_by_side() -> None:
         cycle["wall_s"] - cycle["longest_task_train_s"], 1
     )
     assert set(factory["median_step_seconds"]) >= {"start", "train", "join", "end"}
+
+
+@pytest.mark.slow
+def test_serve_benchmark_measures_http_beside_in_process_and_a_hot_swap() -> None:
+    report = run_benchmark("serve.py", "--requests", "40", "--clients", "1", "2")
+    for label in ("batching", "no batching"):
+        for clients in ("1", "2"):
+            run = report["http"][label][clients]
+            assert run["requests"] == 40 and run["statuses"] == {"200": 40}
+            assert run["p50_ms"] <= run["p99_ms"]
+    assert [r["rows_per_call"] for r in report["in_process"]] == [1, 64]
+    swap = report["hot_swap"]
+    assert swap["swapped"] and swap["failed"] == 0 and swap["models"] == ["c001-t00", "c002-t00"]
+    malformed = report["malformed"]
+    assert malformed["requests"] == 1000 and malformed["all_4xx"] and malformed["healthy_after"]

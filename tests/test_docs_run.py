@@ -65,7 +65,29 @@ ALL_ON_BRANCHES = (
     "code from before branches ran"
 )
 
+SERVER = "a server that runs until stopped: tests/test_serve.py runs it on a free loopback port"
+NEEDS_SERVER = "needs `factory serve` running: tests/test_serve.py sends such requests to one"
 NOT_RUN: dict[str, str] = {
+    "factory serve --objective digits --port 8000": SERVER,
+    "curl -s localhost:8000/health": NEEDS_SERVER,
+    'curl -s localhost:8000/predict -d \'{"input": [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, '
+    "15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, "
+    "11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]}'": NEEDS_SERVER,
+    "curl -s localhost:8000/model": NEEDS_SERVER,
+    "curl -s localhost:8000/metrics": NEEDS_SERVER,
+    "factory loop --cycles 1 --watch --watch-every 600": (
+        "watches until stopped; the --watch-checks 1 line runs here, and tests/test_serve.py "
+        "runs a watch that starts a cycle"
+    ),
+    "docker build -f infra/docker/serve.Dockerfile -t dark-factory-serve .": NO_DOCKER,
+    "docker run -p 8000:8000 -e METAFLOW_PROFILE=aws -v ~/.metaflowconfig:/root/.metaflowconfig "
+    "dark-factory-serve factory serve --objective digits --host 0.0.0.0": NO_DOCKER,
+    "python benchmarks/serve.py": (
+        "two digits cycles and 12,000 requests; tests/test_benchmarks.py runs it shrunk"
+    ),
+    "python benchmarks/serve.py --requests 400 --clients 1 8": (
+        "two digits cycles; tests/test_benchmarks.py runs it shrunk"
+    ),
     "bash .ci/setup && .venv/bin/python flows/cycle.py run": (
         "set-up: CI runs .ci/setup before these tests (.ci/run); the cycle, "
         "`python flows/cycle.py run`, runs here"
@@ -126,6 +148,11 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     "factory reject --objective digits": (1, PENDING, NO_APPROVAL),
     "factory adopt --objective digits": (1, NOTHING_TO_ADOPT, ALL_ON_BRANCHES),
     "factory adopt --objective digits --production": (1, NOTHING_TO_ADOPT, ALL_ON_BRANCHES),
+    "factory drift --objective digits --served": (
+        1,
+        "no served traffic of 'digits' sampled",
+        "nothing was served in this datastore; tests/test_serve.py samples real traffic",
+    ),
     "factory loop --cycles 3 --drift-data new.npz": (
         0,
         "stop: no drift, no cycle started",

@@ -9,7 +9,7 @@ are embedded as PNGs: the card is one self-contained HTML file, viewable offline
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -17,7 +17,7 @@ from metaflow.plugins.cards.card_modules.components import Image, Markdown, Prog
 
 from factory_lib.explore import analysis, plots
 from factory_lib.explore.analysis import CycleView, cell, missing
-from factory_lib.explore.summary import LABELS, number
+from factory_lib.explore.summary import LABELS, TRIGGER_TAG, number
 
 CARD_ID = "cycle"
 CAUSE_CHARS = 300
@@ -29,10 +29,16 @@ def text(value: str) -> str:
     return html.escape(value, quote=False)
 
 
-def cycle_card(view: CycleView) -> list[Any]:
-    """The card's components, top to bottom."""
+def triggers(tags: Iterable[str]) -> list[str]:
+    """Why a cycle was started, from its run's tags (`trigger:drift:<why>` → `drift: <why>`)."""
+    return [t[len(TRIGGER_TAG) :].replace(":", ": ", 1) for t in tags if t.startswith(TRIGGER_TAG)]
+
+
+def cycle_card(view: CycleView, started_by: Sequence[str] = ()) -> list[Any]:
+    """The card's components, top to bottom; `started_by`: why the cycle was started."""
     return [
         *_header(view),
+        *[Markdown(f"**Started by** {text(why)}") for why in started_by],
         *_space_changes(view),
         *_decision(view),
         *_budget(view),

@@ -32,6 +32,9 @@ LABELS = {
     "train_seconds": "train s this cycle",
 }
 
+# A run tag that says why a cycle was started (`factory loop --watch`: served traffic drifted).
+TRIGGER_TAG = "trigger:"
+
 
 def number(value: float | None) -> str:
     """A labelled number as every screen prints it: four decimals, `none` when missing."""

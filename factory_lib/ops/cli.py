@@ -21,6 +21,9 @@ factory promote --objective digits --reason "beats prod"   # your champion into 
 
 Every command that reads a search reads your own branch (user.<you>) unless given `--branch
 NAME` or `--production` (docs/branches.md).
+factory serve --objective digits --port 8000     # the champion over HTTP (docs/serving.md)
+factory drift --objective digits --served        # has the traffic served drifted?
+factory loop --cycles 1 --watch                  # a cycle whenever served traffic drifts
 """
 
 from __future__ import annotations
@@ -231,12 +234,50 @@ def profile(args: argparse.Namespace) -> int:
 
 def drift_command(args: argparse.Namespace) -> int:
     """Score the champion on new labelled data; exit 0 either way, the report says."""
-    from factory_lib.ops.drift import check_drift, load_labelled
+    from factory_lib.ops.drift import check_drift, check_served_drift, load_labelled
 
     data = _cycles(args)[-1].objective.data
-    labelled = load_labelled(args.data, data.target)
-    report = check_drift(args.objective, *labelled, FLOW_NAME, branch=args.branch)
+    if args.served:
+        report = check_served_drift(args.objective, args.sample_dir, FLOW_NAME, args.branch)
+    elif args.data:
+        labelled = load_labelled(args.data, data.target)
+        report = check_drift(args.objective, *labelled, FLOW_NAME, branch=args.branch)
+    else:
+        print("factory drift: give --data FILE or --served", file=sys.stderr)
+        return 2
     print(report.model_dump_json(indent=1) if args.json else "\n".join(report.lines()))
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Serve the objective's current champion over HTTP until stopped (docs/serving.md)."""
+    import logging
+
+    import uvicorn
+
+    from factory_lib.ops.drift import served_sample_folder
+    from factory_lib.serve.app import ServeConfig, create_app
+    from factory_lib.serve.traffic import SamplingConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    folder = (
+        None
+        if args.no_sample
+        else served_sample_folder(args.objective, args.sample_dir, args.branch)
+    )
+    config = ServeConfig(
+        objective=args.objective,
+        branch=args.branch,
+        poll_s=args.poll,
+        batching=not args.no_batching,
+        max_batch_rows=args.max_batch,
+        max_wait_ms=args.batch_wait_ms,
+        max_body_bytes=args.max_body_bytes,
+        threads=args.threads,
+        sampling=SamplingConfig(folder, args.sample_rate, args.sample_rows, args.sample_files),
+    )
+    app = create_app(config)  # LookupError (no champion yet) before the port is taken
+    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
     return 0
 
 
@@ -384,6 +425,13 @@ def _branch_options(p: argparse.ArgumentParser, what: str = "the search") -> Non
     p.add_argument("--production", action="store_true", help=f"{what} on the production branch")
 
 
+def _sample_dir_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sample-dir",
+        help="the traffic sample's folder or s3:// prefix (default: beside the datastore)",
+    )
+
+
 def _json_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--json", action="store_true", help=f"{what} as JSON, for scripts")
 
@@ -407,6 +455,16 @@ def _parser() -> argparse.ArgumentParser:
         "--drift-data",
         help="labelled data (.npz x/y or .csv): start only if `factory drift` says so",
     )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="wait for served traffic to drift (`factory drift --served`), then run the cycles",
+    )
+    p.add_argument("--watch-every", type=float, default=300.0, help="seconds between checks (300)")
+    p.add_argument(
+        "--watch-checks", type=int, default=0, help="stop after this many checks (0: never)"
+    )
+    _sample_dir_option(p)
     _json_option(p, "one line per finished cycle (its summary)")
     p.set_defaults(func=loop)
 
@@ -448,9 +506,35 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=export_mlflow_command)
     p = sub.add_parser("drift", help="is the champion still good on new labelled data?")
     _objective_option(p)
-    p.add_argument("--data", required=True, help=".npz with arrays x and y, or .csv, target last")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help=".npz with arrays x and y, or .csv, target last")
+    source.add_argument(
+        "--served", action="store_true", help="the traffic `factory serve` sampled (no labels)"
+    )
+    _sample_dir_option(p)
     p.add_argument("--json", action="store_true", help="the report as JSON")
     p.set_defaults(func=drift_command)
+    p = sub.add_parser("serve", help="serve the current champion over HTTP (docs/serving.md)")
+    _objective_option(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (8000)")
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between registry reads (30)")
+    p.add_argument("--no-batching", action="store_true", help="one model call per request")
+    p.add_argument("--max-batch", type=int, default=64, help="rows per model call at most (64)")
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=2.0, help="wait for more rows this long (2)"
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413 (1000000)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
+    p.add_argument("--sample-rate", type=float, default=0.1, help="share of rows kept (0.1)")
+    p.add_argument("--sample-rows", type=int, default=1000, help="rows per sample file (1000)")
+    p.add_argument("--sample-files", type=int, default=20, help="sample files kept (20)")
+    p.add_argument("--no-sample", action="store_true", help="keep no traffic sample")
+    _sample_dir_option(p)
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=serve_command)
     p = sub.add_parser("versions", help="the promotion log of an objective")
     _objective_option(p)
     p.set_defaults(func=versions_command)

@@ -1,4 +1,9 @@
-"""`factory loop`: chained cycles through metaflow.Runner, with a line per finished trial."""
+"""`factory loop`: chained cycles through metaflow.Runner, with a line per finished trial.
+
+With `--watch` it first waits for the traffic `factory serve` sampled since the latest cycle to
+drift from the champion's training split (`factory drift --served`), then runs the cycles,
+tagged with why, and watches again.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from typing import Any, TextIO
 
 from factory_lib.checks import check_file
 from factory_lib.explore.analysis import CycleView
-from factory_lib.explore.summary import CycleSummary
+from factory_lib.explore.summary import TRIGGER_TAG, CycleSummary
 from factory_lib.history import state_of
 from factory_lib.objective import Objective, objective_path
 from factory_lib.runs.client import FLOW_NAME
@@ -116,11 +121,8 @@ def loop(args: argparse.Namespace) -> int:
     with `loop_cycle`, `loop_cycles` and `seconds`); everything else goes to stderr."""
     import torch  # noqa: F401  before Runner: Metaflow's vendored typing_extensions (#2462)
 
-    from factory_lib.runs.client import Chain, chain_from, flow_command
-
     path = objective_file(args)
     objective = load_checked(path)
-    budget = objective.budget
     out = sys.stderr if args.json else sys.stdout
     if args.drift_data:
         from factory_lib.ops.drift import check_drift, load_labelled
@@ -131,6 +133,76 @@ def loop(args: argparse.Namespace) -> int:
         if not report.warranted:
             print("stop: no drift, no cycle started", file=out)
             return 0
+    if getattr(args, "watch", False):
+        return watch(args, path, objective, out)
+    return run_cycles(args, path, objective, out)
+
+
+# A drift check on fewer served rows than this says nothing either way: the watch waits.
+MIN_SERVED_ROWS = 50
+
+
+def watch(args: argparse.Namespace, path: Path, objective: Objective, out: TextIO) -> int:
+    """Check the served traffic every `--watch-every` seconds; when it drifted, run the cycles
+    (their runs tagged `trigger:...` with why) and watch on: later checks read only the traffic
+    served after the latest cycle, so one drift starts one round of cycles."""
+    from factory_lib.ops.drift import check_served_drift
+    from factory_lib.runs.client import latest_cycle
+
+    checks = 0
+    while True:
+        checks += 1
+        state = latest_cycle(FLOW_NAME, objective.name, branch=args.branch)
+        since = _epoch(state.created_at) if state is not None else None
+        after = f"cycle {state.cycle}" if state is not None else "the start"
+        try:
+            report = check_served_drift(
+                objective.name, args.sample_dir, FLOW_NAME, args.branch, since
+            )
+        except LookupError as exc:
+            print(f"watch: {exc.args[0]}", file=out, flush=True)
+            report = None
+        if report is not None and report.rows < MIN_SERVED_ROWS:
+            print(
+                f"watch: {report.rows} rows served since {after}, fewer than {MIN_SERVED_ROWS}: "
+                "waiting for more",
+                file=out,
+                flush=True,
+            )
+        elif report is not None:
+            print("\n".join(report.lines()), file=out, flush=True)
+            if report.warranted:
+                why = f"served traffic since {after} drifted: {'; '.join(report.reasons)}"
+                print(f"watch: {why}; starting a cycle", file=out, flush=True)
+                code = run_cycles(args, path, objective, out, f"{TRIGGER_TAG}drift:{why}")
+                if code:
+                    return code
+        if args.watch_checks and checks >= args.watch_checks:
+            print(f"watch: stop after {checks} checks (--watch-checks)", file=out, flush=True)
+            return 0
+        time.sleep(args.watch_every)
+
+
+def _epoch(created_at: str) -> float | None:
+    """A run's created_at (Metaflow's UTC string) as seconds since the epoch."""
+    import datetime
+
+    if not created_at:
+        return None
+    stamp = datetime.datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.UTC)
+    return stamp.timestamp()
+
+
+def run_cycles(
+    args: argparse.Namespace, path: Path, objective: Objective, out: TextIO, tag: str = ""
+) -> int:
+    """Up to `--cycles` chained cycles; stop early on budget or on `patience` cycles of no gain.
+    `tag` goes on each cycle's run (why it was started)."""
+    from factory_lib.runs.client import Chain, chain_from, flow_command
+
+    budget = objective.budget
     print(
         f"factory loop: {objective.name} ({path}) on {args.branch}, up to {args.cycles} cycles",
         file=out,
@@ -156,6 +228,8 @@ def loop(args: argparse.Namespace) -> int:
             params["fresh"] = True
         if args.max_workers:
             params["max_workers"] = args.max_workers
+        if tag:
+            params["tags"] = [tag[:400]]
         started = time.monotonic()
         rewards = [r.val_reward for r in state.history if r.eligible] if state else []
         best = max((v for v in rewards if v is not None), default=None)
