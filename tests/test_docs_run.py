@@ -42,6 +42,7 @@ import yaml
 
 from factory_lib.data import load_splits
 from factory_lib.objective import load_objective
+from factory_lib.runs.client import branch_name
 from tests.conftest import ROOT, run_and_kill_after_first
 from tests.scale_doc import DOC as SCALE_OUT_DOC
 from tests.scale_doc import EXERCISED, NOT_RUN_HERE
@@ -57,7 +58,7 @@ UNFILLED = re.compile(r"<[\w-]+>|\$\{?[A-Z_]+")
 TIME = "time: one chained cycle runs the command; tests/test_cli.py runs loops to their stops"
 SCALE_OUT = "scale-out: tests/test_scale_out.py runs it (moto server, Metaflow compilers)"
 NO_DOCKER = "needs a Docker engine or a Kubernetes cluster, which CI does not have"
-PENDING = "'digits' has no promotion awaiting approval"
+PENDING = f"'digits' on {branch_name()} has no promotion awaiting approval"
 NO_APPROVAL = "digits has no promotion.require_approval; tests/test_registry.py approves one"
 NOTHING_TO_ADOPT = "'digits' has no runs from before branches left to adopt"
 ALL_ON_BRANCHES = (
