@@ -106,8 +106,16 @@ class Script:
         )
 
 
+def asked_for(body: dict[str, Any]) -> int:
+    """How many proposals a request asks for, read from its last message as the model reads
+    it ("Call `propose_trials` with 3 proposals", "... again with 1 corrected proposals")."""
+    found = re.findall(r"`propose_trials`(?: again)? with (\d+)", json.dumps(body["messages"][-1]))
+    assert found, "the request does not say how many proposals it wants"
+    return int(found[-1])
+
+
 def sample_from_schema(
-    tool: dict[str, Any], rng: random.Random, shown: str = ""
+    tool: dict[str, Any], rng: random.Random, shown: str = "", n: int = 1
 ) -> list[dict[str, Any]]:
     """Valid proposals drawn from the tool's input schema, honouring `when` conditions; where
     the schema asks for predictions, each makes one (its own generator, so the parameters drawn
@@ -116,7 +124,7 @@ def sample_from_schema(
     items = tool["input_schema"]["properties"]["proposals"]
     props = items["items"]["properties"]["params"]["properties"]
     proposals = []
-    for i in range(items["maxItems"]):
+    for i in range(n):
         params: dict[str, Any] = {}
         for name, schema in props.items():
             condition = schema.get("description", "")
@@ -172,7 +180,7 @@ class FakeMessagesServer:
                 outer.requests.append(body)
                 outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                 shown = json.dumps(body["messages"][0]["content"])
-                proposals = sample_from_schema(body["tools"][0], rng, shown)
+                proposals = sample_from_schema(body["tools"][0], rng, shown, asked_for(body))
                 if extra is not None:
                     proposals = extra(proposals)
                 prefix = cached_prefix(body)

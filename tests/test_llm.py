@@ -57,15 +57,17 @@ def test_valid_proposals_keep_their_rationale_and_source() -> None:
     assert report.usd == pytest.approx((1200 * 3 + 300 * 15 + 900 * 0.3) / 1e6)
     body = script.requests[0]
     assert body["tool_choice"] == {"type": "tool", "name": "propose_trials"}
-    assert body["tools"][0]["input_schema"]["properties"]["proposals"]["maxItems"] == 2
+    # how many is the request's to say, not the tool's: the tool is in the cached prefix
+    assert "maxItems" not in body["tools"][0]["input_schema"]["properties"]["proposals"]
+    assert "Call `propose_trials` with 2 proposals" in body["messages"][0]["content"]
     assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
 
 
 def test_schema_is_generated_from_the_search_space() -> None:
     digits = load_objective(ROOT / "objectives" / "digits.yaml")
-    params = tool_schema(digits, 3)["input_schema"]["properties"]["proposals"]["items"][
-        "properties"
-    ]["params"]
+    params = tool_schema(digits)["input_schema"]["properties"]["proposals"]["items"]["properties"][
+        "params"
+    ]
     assert params["properties"]["lr"] == {
         "type": "number",
         "minimum": 1e-4,

@@ -71,6 +71,22 @@ def test_the_repair_call_repeats_the_propose_calls_cached_prefix() -> None:
     assert "again with 1 corrected proposals" in repair["messages"][-1]["content"][0]["content"]
 
 
+def test_the_cached_prefix_does_not_depend_on_how_many_trials_are_asked() -> None:
+    # cycles whose LLM share differs ask for 1 and for 3: the tools and system are the same
+    widths = [{**GOOD[0], "params": GOOD[0]["params"] | {"width": w}} for w in (8, 12, 16)]
+    one, three = Script(tool_answer(GOOD)), Script(tool_answer(widths))
+    _propose(_objective(), one, n=1)
+    proposals, report = _propose(_objective(), three, n=1)
+    (small,), (large,) = one.requests, three.requests
+    assert json.dumps([small["tools"], small["system"]]) == json.dumps(
+        [large["tools"], large["system"]]
+    )
+    # an answer longer than asked: the first valid ones asked for are kept, and it is said
+    assert [p.params["width"] for p in proposals] == [8] and report.rejected == ()
+    assert len(report.calls) == 1
+    assert "3 proposals answered where 1 were asked" in " ".join(report.notices)
+
+
 @pytest.mark.parametrize(
     ("setting", "gap", "ttl"),
     [

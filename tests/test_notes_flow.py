@@ -177,7 +177,7 @@ def test_factory_notes_prints_what_the_search_learned(search: Search) -> None:
 def test_the_cached_prefix_is_the_same_in_every_call_and_read_after_the_first(
     search: Search,
 ) -> None:
-    # the LLM's share is pinned (min_share 0.5), so each cycle asks for the same number
+    # one prefix in every call: the tool says nothing of how many trials a call asks for
     prefixes = {cached_prefix(body) for body in search.requests}
     assert len(prefixes) == 1 and "" not in prefixes
     # long enough to be cached (1024 tokens for Sonnet), at the proposer's own estimate

@@ -141,25 +141,16 @@ def show(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    """Write the objective's history as an Optuna study."""
-    from optuna.exceptions import DuplicatedStudyError
-
+    """Write the objective's history as an Optuna study; run again, add the trials the study
+    does not hold yet (history is append-only, and so is its export)."""
     from factory_lib.explore.analysis import export_optuna, latest
 
     view = latest(_cycles(args))
     try:
         study, added = export_optuna(
-            view.objective, view.history, args.storage, args.study_name, args.update
+            view.objective, view.history, args.storage, args.study_name, update=True
         )
-    except DuplicatedStudyError:
-        name = args.study_name or view.objective.name
-        print(
-            f"factory: {args.storage} already holds a study {name!r}: "
-            "--update adds the trials it lacks, or choose another --study-name or storage",
-            file=sys.stderr,
-        )
-        return 1
-    except ValueError as exc:
+    except ValueError as exc:  # a study of that name this factory did not write
         print(f"factory: {exc}", file=sys.stderr)
         return 1
     print(
@@ -495,9 +486,6 @@ def _parser() -> argparse.ArgumentParser:
     _objective_option(p)
     p.add_argument("storage", help="Optuna storage URL, e.g. sqlite:///digits.db")
     p.add_argument("--study-name", help="name of the study (default: the objective's)")
-    p.add_argument(
-        "--update", action="store_true", help="add the trials an existing study lacks (again)"
-    )
     p.set_defaults(func=export)
     p = sub.add_parser("export-mlflow", help="write the history as runs of an MLflow store")
     _objective_option(p)

@@ -114,9 +114,7 @@ class LLMProposer:
                 f"no list price is known for model {self.spec.model!r}: give it one in "
                 "proposers.llm.price"
             )
-        size = len(
-            json.dumps([self._system(), messages, tool_schema(self.objective, 1)], default=str)
-        )
+        size = len(json.dumps([self._system(), messages, tool_schema(self.objective)], default=str))
         worst = (
             size / CHARS_PER_TOKEN_ESTIMATE * price.input + self.spec.max_tokens * price.output
         ) / 1e6
@@ -141,7 +139,7 @@ class LLMProposer:
                 model=self.spec.model,
                 max_tokens=self.spec.max_tokens,
                 system=self._system(),
-                tools=[tool_schema(self.objective, n)],
+                tools=[tool_schema(self.objective)],
                 tool_choice=FORCED_TOOL,
                 messages=messages,
             )
@@ -199,8 +197,8 @@ class LLMProposer:
             if too_dear:
                 notices.append(f"LLM proposer stopped: {too_dear}")
                 break
-            # The tool (its maxItems) is the propose call's in the repair call too: the cached
-            # prefix (tools, then system) stays byte-identical; the prompt asks for fewer.
+            # The tool and the system blocks are the same in every call of the search: the
+            # cached prefix stays byte-identical; the prompt says how many trials are wanted.
             response, call = self._call(client, messages, n, purpose)
             calls.append(call)
             if response is None:
@@ -217,6 +215,12 @@ class LLMProposer:
                 )
                 rejected.append(Rejected(params="(the whole answer)", reason=problem))
             errors: list[str] = [problem] if problem else []
+            wanted = n - len(accepted)
+            if items and len(items) > wanted:  # the tool allows any number; the prompt asked
+                notices.append(
+                    f"LLM proposer: {len(items)} proposals answered where {wanted} were asked; "
+                    f"the first {wanted} valid ones are kept"
+                )
             for i, item in enumerate(items or []):
                 item_errors, checked = self._check_item(objective, item, tried, known)
                 if item_errors:

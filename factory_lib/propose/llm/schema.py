@@ -90,8 +90,10 @@ def _architecture_schema(grammar: GrammarSpec, families: tuple[str, ...]) -> dic
     }
 
 
-def tool_schema(objective: Objective, n: int) -> ToolParam:
-    """The tool the model must call: its input schema is generated from the search space."""
+def tool_schema(objective: Objective) -> ToolParam:
+    """The tool the model must call: its input schema is generated from the search space. It
+    says nothing of how many trials are wanted (the request does): the tool is part of the
+    cached prompt prefix, the same for every call of the search."""
     params = {name: _param_schema(p) for name, p in objective.search_space.items()}
     always = [name for name, p in objective.search_space.items() if not p.when]
     if objective.model.grammar is not None:
@@ -109,7 +111,6 @@ def tool_schema(objective: Objective, n: int) -> ToolParam:
                 "proposals": {
                     "type": "array",
                     "minItems": 1,
-                    "maxItems": n,
                     "items": {
                         "type": "object",
                         "properties": {
