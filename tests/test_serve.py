@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from factory_lib.data import load_splits
+from factory_lib.runs.client import branch_name
 from factory_lib.serve.batching import Batcher
 from factory_lib.serve.inputs import BadRequest, numeric_rows, parse_body, table_rows
 from factory_lib.serve.traffic import SamplingConfig, TrafficSampler, read_sample, sample_folder
@@ -371,6 +372,7 @@ def test_model_and_metrics_say_what_is_served(served: Served) -> None:
     model = served.model()
     assert (model["trial_id"], model["version"]) == ("c001-t00", package.weights_sha)
     assert model["promoted_in_cycle"] == 1 and model["runtime"] == "onnxruntime"
+    assert model["branch"] == branch_name()  # the search served: this user's own
     assert model["model_card"]["trial"] == "c001-t00"
     assert model["metrics"]["test"]["accuracy"] == model["metric"]["test"]
     text = httpx.get(f"{served.url}/metrics").text

@@ -29,6 +29,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from factory_lib.runs.client import default_branch
 from factory_lib.serve.batching import Batcher
 from factory_lib.serve.inputs import (
     MAX_BODY_BYTES,
@@ -156,6 +157,7 @@ def create_app(
     """The application for `config.objective`'s current champion (LookupError: none yet)."""
     metrics = Metrics()
     slot = ModelSlot(config, metrics, read)
+    branch = default_branch(config.branch)  # the search served: /model says which
     sampler = TrafficSampler(config.sampling)
     stop = threading.Event()
     batcher: Batcher | None = None
@@ -252,7 +254,7 @@ def create_app(
     @app.get("/model")
     def model() -> Response:
         _count(metrics, "/model", 200)
-        return JSONResponse(slot.model.describe())
+        return JSONResponse({**slot.model.describe(), "branch": branch})
 
     @app.get("/metrics")
     def prometheus() -> Response:
