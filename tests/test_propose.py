@@ -163,11 +163,17 @@ def test_a_cycle_plans_its_warm_start_from_the_other_objectives_history(monkeypa
     )
     asked = []
 
-    def latest(flow: str, name: str, exclude_run: str | None = None):
+    def latest(flow: str, name: str, exclude_run: str | None = None, branch: str | None = None):
         asked.append(name)
         return other if name == "iris-wide" else None
 
-    def chain(flow: str, name: str, exclude_run: str | None = None, from_run: str | None = None):
+    def chain(
+        flow: str,
+        name: str,
+        exclude_run: str | None = None,
+        from_run: str | None = None,
+        branch: str | None = None,
+    ):
         asked.append(name)
         return Chain(previous=None, newest=None)
 
