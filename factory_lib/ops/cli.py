@@ -308,7 +308,7 @@ def registry_command(args: argparse.Namespace) -> int:
             state.pending.trial_id,
             "approved" if args.command == "approve" else "rejected",
         )
-    actor = _actor()
+    actor = user_name()
     record_decision(state, kind, trial, actor, args.reason)
     print(f"{kind} {trial} on {state.run_pathspec} by {actor}")
     return 0
@@ -355,7 +355,7 @@ def retire_command(args: argparse.Namespace) -> int:
         done = unretire_cycle(FLOW_NAME, args.objective, args.run, args.branch)
         print(f"{done.run} is no longer retired (it was {done.describe()})")
         return 0
-    done = retire_cycle(FLOW_NAME, args.objective, args.run, args.reason, _actor(), args.branch)
+    done = retire_cycle(FLOW_NAME, args.objective, args.run, args.reason, user_name(), args.branch)
     live = cycle_runs(FLOW_NAME, args.objective, retired=False, branch=args.branch)
     way_on = f"continues from {live[0].pathspec}" if live else "starts a new search"
     print(f"{done.run} {done.describe()}")
@@ -367,7 +367,7 @@ def adopt_command(args: argparse.Namespace) -> int:
     """Make an objective's runs from before branches the history of a branch."""
     from factory_lib.runs.branches import adopt
 
-    adopted = adopt(FLOW_NAME, args.objective, args.branch, _actor())
+    adopted = adopt(FLOW_NAME, args.objective, args.branch, user_name())
     print(
         f"{args.objective}: {len(adopted)} run(s) from before branches adopted into "
         f"{args.branch}; its next cycle continues from {adopted[0]}"
@@ -382,7 +382,7 @@ def promote_command(args: argparse.Namespace) -> int:
 
     target = branch_name(args.to)
     event = promote_into(
-        FLOW_NAME, args.objective, args.branch, target, args.trial, _actor(), args.reason
+        FLOW_NAME, args.objective, args.branch, target, args.trial, user_name(), args.reason
     )
     if event is None:
         print(
@@ -395,11 +395,6 @@ def promote_command(args: argparse.Namespace) -> int:
         f"approved by {event.actor} (recorded on {event.run})"
     )
     return 0
-
-
-def _actor() -> str:
-    """Who a decision is recorded as."""
-    return user_name()
 
 
 def _objective_option(p: argparse.ArgumentParser) -> None:

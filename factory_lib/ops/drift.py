@@ -110,10 +110,10 @@ def check_drift(
     import torch
 
     from factory_lib.evaluate import quality_metrics
-    from factory_lib.runs.client import default_branch, latest_cycle
+    from factory_lib.runs.client import latest_cycle
 
     state = latest_cycle(flow_name, objective_name, branch=branch)
-    champion: ChampionModel = champion_of(state, objective_name, default_branch(branch))
+    champion: ChampionModel = champion_of(state, objective_name, branch)
     package = champion.package
     objective = package.objective
     metric = objective.promotion_metric
@@ -222,7 +222,7 @@ def check_served_drift(
         after = f" since {_utc(since)}" if since is not None else ""
         raise LookupError(f"no served traffic of {objective_name!r} sampled{after} in {folder}")
     state = latest_cycle(flow_name, objective_name, branch=branch)
-    champion = champion_of(state, objective_name, default_branch(branch))
+    champion = champion_of(state, objective_name, branch)
     objective = champion.package.objective
     if objective.data.module is not None:
         raise LookupError(

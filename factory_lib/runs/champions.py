@@ -4,7 +4,7 @@ people's registry decisions written onto runs as tags."""
 from __future__ import annotations
 
 from factory_lib.history import CycleState
-from factory_lib.registry import EventKind, RegistryEvent, event_tag
+from factory_lib.registry import ChampionBundle, EventKind, RegistryEvent, event_tag
 from factory_lib.registry.model import ChampionModel
 from factory_lib.runs.client import (
     FLOW_NAME,
@@ -22,20 +22,28 @@ def load_champion(
     """The current champion of a search (`branch`: yours by default, e.g. "prod"), from its
     latest successful cycle."""
     state = latest_cycle(flow_name, objective_name, branch=branch)
-    return champion_of(state, objective_name, default_branch(branch))
+    return champion_of(state, objective_name, branch)
 
 
-def champion_of(state: CycleState | None, objective_name: str, branch: str) -> ChampionModel:
+def champion_of(state: CycleState | None, objective_name: str, branch: str | None) -> ChampionModel:
     """The champion a cycle's state holds; a clear error, saying where it looked, when there
     is none yet."""
+    return ChampionModel(champion_bundle(state, objective_name, branch).package)
+
+
+def champion_bundle(
+    state: CycleState | None, objective_name: str, branch: str | None
+) -> ChampionBundle:
+    """The champion bundle a cycle's state holds (a pending one is not the champion);
+    LookupError, saying where it looked, when the search has none yet."""
     if state is None:
         raise LookupError(nothing_found(objective_name, branch))
     if state.bundle is None:
         raise LookupError(
-            f"objective {objective_name!r} has no champion yet on branch {branch} "
-            f"({state.run_pathspec} promoted none): run another cycle"
+            f"objective {objective_name!r} has no champion yet on branch "
+            f"{default_branch(branch)} ({state.run_pathspec} promoted none): run another cycle"
         )
-    return ChampionModel(state.bundle.package)
+    return state.bundle
 
 
 def load_version(

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from factory_lib.registry.package import ChampionBundle
-from factory_lib.runs.client import FLOW_NAME, default_branch, latest_cycle, nothing_found
+from factory_lib.runs.champions import champion_bundle
+from factory_lib.runs.client import FLOW_NAME, latest_cycle
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,9 @@ def current_champion(objective_name: str, branch: str | None = None) -> Current:
     `branch` is the search's @project branch (yours by default; production's is "prod").
     """
     state = latest_cycle(FLOW_NAME, objective_name, branch=branch)
-    if state is None:
-        raise LookupError(nothing_found(objective_name, branch))
-    if state.bundle is None:
-        raise LookupError(
-            f"objective {objective_name!r} has no champion yet on {default_branch(branch)} "
-            f"({state.run_pathspec} promoted none): run another cycle"
-        )
-    return Current(state.bundle, state.run_pathspec)
+    bundle = champion_bundle(state, objective_name, branch)
+    assert state is not None  # champion_bundle refuses a search without a cycle
+    return Current(bundle, state.run_pathspec)
 
 
 @dataclass(frozen=True)
