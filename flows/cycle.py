@@ -49,12 +49,15 @@ import time
 from pathlib import Path
 
 from factory_lib.runs.env import (
+    PROJECT,
     datastore_problem,
     ensure_metaflow_user,
+    exit_without_collecting,
     local_worker_default,
     use_local_datastore,
 )
 
+exit_without_collecting()  # every task's process, the card's and the command's
 ensure_metaflow_user()
 if "step" not in sys.argv:  # not a task: the project's one local datastore, from any folder
     use_local_datastore()
@@ -82,9 +85,6 @@ from metaflow import (  # type: ignore[attr-defined]  # noqa: E402
 )
 from metaflow.exception import MetaflowException  # noqa: E402
 
-from factory_lib.checks import check_objective  # noqa: E402
-from factory_lib.objective import Objective, ObjectiveError  # noqa: E402
-from factory_lib.runs.client import PROJECT  # noqa: E402
 from factory_lib.runs.deploy import DeploymentError, deployed, parse_deployment  # noqa: E402
 
 DEFAULT_OBJECTIVE = "objectives/digits.yaml"
@@ -115,6 +115,9 @@ def _objective_source() -> str | None:
 def parse_objective_config(text: str) -> dict[str, object]:
     """Metaflow Config parser: the objective checked against what trains before anything runs
     (factory_lib.checks); its warnings are printed."""
+    from factory_lib.checks import check_objective  # here: a task's process needs neither
+    from factory_lib.objective import ObjectiveError
+
     source = _objective_source()
     try:
         # Where the file is unknown, its data is read (and checked) in the run itself.
@@ -207,6 +210,7 @@ class CycleFlow(FlowSpec):
         """Take the objective's lease, plan from the latest successful cycle, and propose this
         cycle's trials, grouped for the train foreach."""
         from factory_lib.cycle.propose import group_trials, open_cycle
+        from factory_lib.objective import Objective
 
         spec = Objective.model_validate(self.objective.to_dict()).with_overrides(
             cast(int, self.trials), cast(int, self.epochs)

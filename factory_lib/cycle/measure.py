@@ -5,16 +5,18 @@ so those imports sit in the branch that needs them.
 
 The first champion is promoted whatever its seeds say (there is nothing to beat), so its
 re-measurement can start before the join knows which trial it is: each train task re-trains
-its own group's best and exports it (`measure_in_train`) when that costs less than a measure
-task's start-up, and the gate lists only what is still missing.
+its own group's best and exports it (`measure_in_train`), the re-trainings side by side, when
+that is quicker than measure tasks, and the gate lists only what is still missing.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from factory_lib.cycle.close import MeasureJob, Measurement, package_of, scored_records
 from factory_lib.cycle.plan import CyclePlan
@@ -58,9 +60,10 @@ def measure_in_train(
     """In a train task, after its trials: while the search has no champion, re-train the
     group's best trial over the gate's seeds and export it, so the measure step has nothing
     left to do if it becomes the first champion, which it does whenever it is the cycle's
-    challenger. Done only when those re-trainings take less time than this task took to start
-    (`entered`: when its step began; a measure task would pay that start-up again); None
-    otherwise, and the gate lists the jobs as before."""
+    challenger. Done only when those re-trainings, one after another, would take no longer
+    than a measure task (one each, side by side) takes to start and train one (`entered`: when
+    this step began, so its start-up is known); None otherwise, and the gate lists the jobs as
+    before. They run side by side here too, on the cores the other train tasks leave."""
     objective = plan.objective
     k = objective.promotion.seeds
     if plan.champion is not None or k < 2 or not outputs:
@@ -69,61 +72,82 @@ def measure_in_train(
     if best is None or best.result.evaluation is None:
         return None
     startup = min(o.result.started_at for o in outputs) - entered
-    cost = (k - 1) * best.result.evaluation.train_seconds
-    if cost > startup:
+    once = best.result.evaluation.train_seconds
+    here, there = (k - 1) * once, startup + once
+    if here > there:
         print(
-            f"{best.trial_id}: its {k - 1} re-training(s) (~{cost:.1f} s) are left to a measure "
-            f"task: they would take longer here than this task took to start ({startup:.1f} s)"
+            f"{best.trial_id}: its {k - 1} re-training(s) (~{here:.1f} s) are left to measure "
+            f"tasks: they would take longer here than a measure task (~{there:.1f} s)"
         )
         return None
     print(
         f"{best.trial_id}, this group's best: re-trained with {k - 1} more seed(s) and exported "
-        f"here, in case it becomes the first champion (~{cost:.1f} s; a measure task takes "
-        f"~{startup:.1f} s to start)"
+        f"here, in case it becomes the first champion (~{here:.1f} s at most; a measure task "
+        f"would take ~{there:.1f} s)"
     )
     weights = {o.result.weights_sha: o.weights for o in outputs if o.weights is not None}
     again = tuple(range(1, k))
     job = MeasureJob("seeds", best.trial_id, best, k, export=True, again=again)
-    exported = export_beside(package_of(plan, best, weights.__getitem__), objective)
-    values = seed_values(objective, best, again, concurrent_tasks, plan.data)
+    package = package_of(plan, best, weights.__getitem__)
+    exported = beside(lambda: export_or_note(package, objective), _export_lost)
+    # One re-training here, the others each in a process beside it: where the other tasks are
+    # done (this one is the cycle's last), they run on the cores those tasks have left.
+    others = [
+        beside(
+            partial(seed_values, objective, best, (j,), concurrent_tasks, plan.data),
+            lambda exit_code: (None,),
+        )
+        for j in again[1:]
+    ]
+    values = seed_values(objective, best, again[:1], concurrent_tasks, plan.data)
+    values += tuple(v for wait in others for v in wait())
     exports, summary = exported()
     return Measurement(job, values=values, exports=exports, export_summary=summary)
 
 
+T = TypeVar("T")
 Exported = tuple[Exports | None, ExportSummary]
 
 
-def export_beside(package: ModelPackage, objective: Objective) -> Callable[[], Exported]:
-    """`export_or_note` in a forked process, so that it runs beside the re-trainings started
-    next (on a core another task has left, or between their epochs); in this process where
-    a fork is unsafe (factory_lib.train.supervisor.start_method). Call the result to wait."""
+def _export_lost(exit_code: int | None) -> Exported:
+    return None, ExportSummary(error=f"the export process died (exit {exit_code})")
+
+
+def beside(work: Callable[[], T], lost: Callable[[int | None], T]) -> Callable[[], T]:
+    """`work` in a forked process, so that it runs beside what this process does next (on a
+    core another task has left, or between its epochs); in this process, at once, where a
+    fork is unsafe (factory_lib.train.supervisor.start_method). Call the result to wait for
+    its value; `lost(exit code)` stands for it if the process died without a word (the
+    out-of-memory killer, a native crash)."""
     import torch
 
     from factory_lib.train.supervisor import start_method
 
     if start_method(torch.get_num_threads()) != "fork":
-        done = export_or_note(package, objective)
+        done = work()
         return lambda: done
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_export_to, args=(send, package, objective), name="export")
-    process.start()
+    process = context.Process(target=_send_result, args=(send, work), name="beside")
+    with warnings.catch_warnings():  # what a fork must not inherit, start_method rules out
+        warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
+        process.start()
     send.close()
 
-    def wait() -> Exported:
+    def wait() -> T:
         try:
-            result: Exported = receive.recv()
-        except EOFError:  # it died without a word: the out-of-memory killer, a native crash
-            died = f"the export process died (exit {process.exitcode})"
-            result = (None, ExportSummary(error=died))
+            result: T = receive.recv()
+        except EOFError:
+            process.join()
+            return lost(process.exitcode)
         process.join()
         return result
 
     return wait
 
 
-def _export_to(send: Connection, package: ModelPackage, objective: Objective) -> None:
-    send.send(export_or_note(package, objective))
+def _send_result(send: Connection, work: Callable[[], Any]) -> None:
+    send.send(work())
     send.close()
 
 

@@ -15,12 +15,9 @@ from typing import Any
 from factory_lib.history import CycleState, champion_of, numbering_problem, state_of
 from factory_lib.records import Proposal
 from factory_lib.registry import ChampionBundle, apply_events, events_from_tags
-from factory_lib.runs.env import DATASTORE_DIR, DATASTORE_VARIABLE, find_local_datastore
+from factory_lib.runs.env import DATASTORE_DIR, DATASTORE_VARIABLE, PROJECT, find_local_datastore
 
 FLOW_NAME = "CycleFlow"
-# The flow's @project: a search is an objective on one of its branches (`user.<name>` by
-# default, `test.<name>` with --branch, `prod` with --production).
-PROJECT = "dark_factory"
 OBJECTIVE_TAG = "objective:{}"
 # Metaflow's system tag for a run's branch, and the user tag `factory adopt` puts on a run from
 # before branches: "adopted:<branch>:<UTC stamp>:<who>".
