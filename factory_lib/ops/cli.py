@@ -41,7 +41,7 @@ from factory_lib.ops.loop import FLOW_FILE, loop
 from factory_lib.ops.profile import ProfileError
 from factory_lib.runs.branches import BranchError
 from factory_lib.runs.client import FLOW_NAME, DamagedRunError, branch_name
-from factory_lib.runs.env import prepare_reader, user_name
+from factory_lib.runs.env import exit_without_collecting, prepare_reader, user_name
 from factory_lib.runs.lease import DatastoreError
 from factory_lib.runs.retire import RetireError
 
@@ -578,6 +578,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    exit_without_collecting()
     args = _parser().parse_args(argv)
     if getattr(args, "cycles", 1) < 1:
         print("factory: --cycles must be at least 1", file=sys.stderr)

@@ -10,7 +10,6 @@
 - `env`: a Metaflow user name and local worker defaults, set before Metaflow is imported.
 - `deploy`: the deployment file and the `deployed` flow mutator (schedule, chaining, secrets).
 
-
 The readers below are imported when first asked for (PEP 562), not with the package: every
 process of a cycle imports `runs.env` and `runs.deploy` through the flow's module, and the
 readers bring the history and pandas with them (docs/benchmarks.md).

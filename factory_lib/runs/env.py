@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 DEFAULT_USER = "factory"
@@ -97,12 +98,14 @@ def user_name() -> str:
     return getpass.getuser()
 
 
+@cache
 def exit_without_collecting() -> None:
     """Let this process exit without the garbage collector's last passes over everything it
     imported: 1.5 s for a process that imported Lightning, 0.2–0.6 s for a light step, paid by
-    each of a cycle's processes after its work is stored (docs/benchmarks.md). Registered first
-    so it runs last: the other exit handlers (Metaflow's, multiprocessing's) run as before, and
-    objects that are not in reference cycles are still freed one by one."""
+    each of a cycle's processes (and each `factory` command) after its work is stored
+    (docs/benchmarks.md). Registered once, as early as the process can: exit handlers run last
+    registered first, so the others (Metaflow's, multiprocessing's) run as before, and objects
+    that are not in reference cycles are still freed one by one."""
     atexit.register(gc.freeze)
 
 
