@@ -195,7 +195,8 @@ def measure_tree(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
         return {
             "wall_s": round(wall, 1),
             "step_seconds": step_seconds(run),
-            "longest_task_train_s": round(longest, 1)
+            # two decimals: a smoke cycle's task may train for 0.04 s, which is not nothing
+            "longest_task_train_s": round(longest, 2)
             if (longest := longest_task_training(run)) is not None
             else None,
         }
