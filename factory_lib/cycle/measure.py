@@ -12,7 +12,6 @@ that is quicker than measure tasks, and the gate lists only what is still missin
 from __future__ import annotations
 
 import multiprocessing
-import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from multiprocessing.connection import Connection
@@ -121,7 +120,7 @@ def beside(work: Callable[[], T], lost: Callable[[int | None], T]) -> Callable[[
     out-of-memory killer, a native crash)."""
     import torch
 
-    from factory_lib.train.supervisor import start_method
+    from factory_lib.train.supervisor import start_method, start_process
 
     if start_method(torch.get_num_threads()) != "fork":
         done = work()
@@ -129,9 +128,7 @@ def beside(work: Callable[[], T], lost: Callable[[int | None], T]) -> Callable[[
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_send_result, args=(send, work), name="beside")
-    with warnings.catch_warnings():  # what a fork must not inherit, start_method rules out
-        warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
-        process.start()
+    start_process(process)
     send.close()
 
     def wait() -> T:

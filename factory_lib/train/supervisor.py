@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from typing import Literal
 
 import torch
@@ -64,6 +65,18 @@ def start_method(threads: int) -> StartMethod:
     return "fork" if threads == 1 and torch.cuda.device_count() == 0 else "spawn"
 
 
+def start_process(process: BaseProcess) -> None:
+    """Start a process of a context `start_method` chose.
+
+    Python 3.12+ warns at any fork of a process with threads, and torch and Lightning start
+    idle ones at import; what a fork must not inherit (a CUDA context, a busy OpenMP pool) is
+    what start_method rules out, so the warning is not shown.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
+        process.start()
+
+
 def train_isolated(
     timeout_s: float,
     method: StartMethod,
@@ -94,12 +107,7 @@ class _Worker:
         self.process = context.Process(  # type: ignore[attr-defined]
             target=work, args=(sender, job), name="trial-worker"
         )
-        with warnings.catch_warnings():
-            # Python 3.12+ warns at any fork of a process with threads, and torch and
-            # Lightning start idle ones at import; what a fork must not inherit (a CUDA
-            # context, a busy OpenMP pool) is what start_method rules out.
-            warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
-            self.process.start()
+        start_process(self.process)
         sender.close()
         self.running: tuple[TrialResult, ...] = ()
         self.since = 0.0
