@@ -246,9 +246,9 @@ class CycleFlow(FlowSpec):
     @on_train_resources(TRAIN_TIMEOUT, error_var="train_error")
     @step
     def train(self) -> None:
-        """Train and evaluate this group's trials; each outcome becomes a TrialResult. While
-        the search has no champion, re-measure and export the group's best where that is
-        cheaper than a measure task (factory_lib.cycle.measure.measure_in_train)."""
+        """Train and evaluate this group's trials; each outcome becomes a TrialResult. Then
+        re-measure and export the group's best, in case it is the cycle's challenger, where
+        that is cheaper than measure tasks (factory_lib.cycle.measure.measure_in_train)."""
         entered = time.time()
         from factory_lib.cycle.measure import measure_in_train
         from factory_lib.cycle.plan import pruning_curves

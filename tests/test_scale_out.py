@@ -282,7 +282,10 @@ def test_cycles_on_s3_survive_a_crash_and_resume_on_batch(
     assert "data:image/png;base64" in card
 
     # 5. a cycle that crashes once its gate has listed the measure jobs: resumed on Batch, each
-    # re-measurement over seeds (and the export) is a GPU job retried like train; decide is not
+    # re-measurement over seeds (and the export) is a GPU job retried like train; decide is not.
+    # The train tasks re-measure their own best, so raising promotion.seeds to 3 is what leaves
+    # the gate a re-measurement to list: the champion's, measured over two seeds so far.
+    write_objective(tmp_path, "s3-cycle", resources={"gpu": 1}, promotion={"seeds": 3})
     killed = run_and_kill_after_first("gate", objective, profile)
     jobs = Flow("CycleFlow")[killed]["gate"].task.data.measure_jobs
     assert [j.kind for j in jobs].count("seeds") >= 1, jobs

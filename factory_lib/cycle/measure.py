@@ -3,10 +3,11 @@
 Training and exporting import torch and Lightning; a task with nothing to do imports neither,
 so those imports sit in the branch that needs them.
 
-The first champion is promoted whatever its seeds say (there is nothing to beat), so its
-re-measurement can start before the join knows which trial it is: each train task re-trains
-its own group's best and exports it (`measure_in_train`), the re-trainings side by side, when
-that is quicker than measure tasks, and the gate lists only what is still missing.
+The gate re-measures the cycle's challenger over seeds whatever it scores (the seeds are its
+evidence, promoted or not), so that re-measurement can start before the join knows which trial
+it is: each train task re-trains its own group's best and exports it (`measure_in_train`), the
+re-trainings side by side, when that is quicker than measure tasks, and the gate lists only
+what is still missing (a champion measured under another evaluator, say).
 """
 
 from __future__ import annotations
@@ -56,16 +57,17 @@ def measure_in_train(
     entered: float,
     concurrent_tasks: int = 1,
 ) -> Measurement | None:
-    """In a train task, after its trials: while the search has no champion, re-train the
-    group's best trial over the gate's seeds and export it, so the measure step has nothing
-    left to do if it becomes the first champion, which it does whenever it is the cycle's
-    challenger. Done only when those re-trainings, one after another, would take no longer
-    than a measure task (one each, side by side) takes to start and train one (`entered`: when
-    this step began, so its start-up is known); None otherwise, and the gate lists the jobs as
-    before. They run side by side here too, on the cores the other train tasks leave."""
+    """In a train task, after its trials: re-train the group's best trial over the gate's seeds
+    and export it, so the measure step has nothing left to do for it if it is the cycle's
+    challenger (the best of the groups' bests). Done only when those re-trainings, one after
+    another, would take no longer than a measure task (one each, side by side) takes to start
+    and train one (`entered`: when this step began, so its start-up is known), and when the
+    other groups' re-trainings, in vain but for one group, cost no more than the measure
+    tasks' start-ups; None otherwise, and the gate lists the jobs as before. They run side by
+    side here too, on the cores the other train tasks leave."""
     objective = plan.objective
     k = objective.promotion.seeds
-    if plan.champion is not None or k < 2 or not outputs:
+    if k < 2 or not outputs:
         return None
     best = challenger_of(scored_records(plan, (o.result for o in outputs)))
     if best is None or best.result.evaluation is None:
@@ -73,15 +75,24 @@ def measure_in_train(
     startup = min(o.result.started_at for o in outputs) - entered
     once = best.result.evaluation.train_seconds
     here, there = (k - 1) * once, startup + once
-    if here > there:
+    # Every group re-trains its best and one of them is the challenger: the others' must not
+    # cost more than the measure tasks' start-ups would, (G - 1)·t against s per seed.
+    in_vain = (concurrent_tasks - 1) * once
+    if here > there or in_vain > startup:
+        why = (
+            f"they would take longer here than a measure task (~{there:.1f} s)"
+            if here > there
+            else f"the {concurrent_tasks - 1} other group(s)' would cost more than a measure "
+            f"task's start-up (~{in_vain:.1f} s against ~{startup:.1f} s per seed)"
+        )
         print(
-            f"{best.trial_id}: its {k - 1} re-training(s) (~{here:.1f} s) are left to measure "
-            f"tasks: they would take longer here than a measure task (~{there:.1f} s)"
+            f"{best.trial_id}: its {k - 1} re-training(s) (~{here:.1f} s) are left to "
+            f"measure tasks: {why}"
         )
         return None
     print(
         f"{best.trial_id}, this group's best: re-trained with {k - 1} more seed(s) and exported "
-        f"here, in case it becomes the first champion (~{here:.1f} s at most; a measure task "
+        f"here, in case it is the cycle's challenger (~{here:.1f} s at most; a measure task "
         f"would take ~{there:.1f} s)"
     )
     weights = {o.result.weights_sha: o.weights for o in outputs if o.weights is not None}

@@ -119,13 +119,9 @@ def plan_cycle(
     if seeds > 1:  # announced: training that the cycle pays for after its trials
         notices.append(
             f"promotion gate: the challenger is re-trained {seeds - 1} more time(s) with other "
-            f"seeds (promotion.seeds: {seeds}), one measure task each, before it can be promoted"
-            + (
-                "; the first champion's in its train task after the trials, where that is "
-                "quicker than starting a measure task"
-                if previous is None or previous.champion is None
-                else ""
-            )
+            f"seeds (promotion.seeds: {seeds}) before it can be promoted: each group's best in "
+            "its train task after the trials where that is quicker than starting a measure "
+            "task, in measure tasks otherwise"
         )
     if previous and (from_run or chain.retired_cycles != previous.retired_cycles):
         how = f"--from-run {from_run}: continuing" if from_run else "continuing"
