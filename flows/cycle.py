@@ -250,7 +250,7 @@ class CycleFlow(FlowSpec):
         re-measure and export the group's best, in case it is the cycle's challenger, where
         that is cheaper than measure tasks (factory_lib.cycle.measure.measure_in_train)."""
         entered = time.time()
-        from factory_lib.cycle.measure import measure_in_train
+        from factory_lib.cycle.measure import GroupBests, measure_in_train
         from factory_lib.cycle.plan import pruning_curves
         from factory_lib.records import Proposal
         from factory_lib.runs.client import stored_checkpoint
@@ -278,7 +278,8 @@ class CycleFlow(FlowSpec):
         self.trial_checkpoints = {
             o.result.proposal.trial_id: o.checkpoint for o in outputs if o.checkpoint is not None
         }
-        self.measured = measure_in_train(self.plan, outputs, entered, len(self.trial_groups))
+        bests = GroupBests.of(f"{current.flow_name}/{current.run_id}", self.index or 0)
+        self.measured = measure_in_train(self.plan, outputs, entered, len(self.trial_groups), bests)
         self.next(self.join)
 
     @step
@@ -286,6 +287,7 @@ class CycleFlow(FlowSpec):
         """Score and flag every trial, grade its prediction, extend the append-only history,
         and write the lab notes."""
         from factory_lib.cycle.close import score_cycle
+        from factory_lib.cycle.measure import GroupBests
         from factory_lib.cycle.plan import results_from_task
         from factory_lib.runs.lease import check_branch, check_not_superseded
 
@@ -319,6 +321,7 @@ class CycleFlow(FlowSpec):
         self.measured_in_train = [
             m for inp in inputs if (m := getattr(inp, "measured", None)) is not None
         ]
+        GroupBests.of(pathspec).clear()  # what the train tasks posted
         self.next(self.gate)
 
     @step

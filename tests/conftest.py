@@ -86,7 +86,7 @@ def run_cycle(
             *([("deployment", str(deployment))] if deployment else []),
         ],
         **on_branch,
-    ).run(max_workers=2, **params) as running:
+    ).run(**{"max_workers": 2, **params}) as running:
         assert running.status == "successful", running.stderr[-3000:]
         return running.run
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from factory_lib.cycle.close import MeasureJob
 from factory_lib.cycle.propose import group_trials
 from factory_lib.data.module import build_trial_data
 from factory_lib.objective import load_objective
@@ -83,3 +84,48 @@ def test_auto_groups_give_each_core_one_task(monkeypatch) -> None:
     assert [len(g) for g in group_trials(proposals, "auto")] == [4, 4]
     assert [len(g) for g in group_trials(proposals, 3)] == [3, 3, 2]
     assert group_trials([], "auto") == []
+
+
+def test_a_group_best_that_another_group_beat_is_left_unmeasured(tmp_path) -> None:
+    from factory_lib.cycle.measure import GroupBests
+    from tests.records import record
+
+    objective = load_objective(ROOT / "objectives" / "smoke.yaml")
+    first, second, third = (GroupBests(tmp_path / "run", own) for own in (0, 1, 2))
+    good, poor = record(objective, 3, val=0.95), record(objective, 1, val=0.80)
+    assert first.beaten(good) is None  # nothing posted yet: re-measure as if alone
+    first.post(good)
+    assert first.beaten(good) is None  # its own post does not count
+    second.post(poor)
+    assert second.beaten(poor) == good.trial_id and first.beaten(good) is None
+    # a tie goes to the earlier trial, as challenger_of breaks it
+    tie = record(objective, 0, val=0.95)
+    third.post(tie)
+    assert first.beaten(good) == tie.trial_id and third.beaten(tie) is None
+    first.clear()
+    assert not (tmp_path / "run").exists() and third.beaten(poor) is None
+
+
+@pytest.mark.slow
+def test_only_the_best_groups_champion_candidate_is_re_measured(tmp_path) -> None:
+    from tests.conftest import run_cycle, trained_in, write_objective
+
+    # Two train tasks one after the other: the second finds the first's best posted, ranking
+    # above its own, and leaves its own unmeasured; the gate has nothing left to list.
+    good, poor = {"lr": 0.05, "width": 32, "depth": 1}, {"lr": 0.0001, "width": 2, "depth": 1}
+    objective = write_objective(
+        tmp_path,
+        "groups-best",
+        budget={"trials_per_cycle": 2, "group_size": 1},
+        promotion={"seeds": 3},
+        proposers={"enqueue": [good, poor]},
+    )
+    run = run_cycle(objective, fresh=True, max_workers=1)
+    end = run["end"].task.data
+    first, second = sorted(run["train"], key=lambda t: t.index)
+    assert end.champion.trial_id == "c001-t00"
+    assert sorted(trained_in(first)) == ["c001-t00", "c001-t00-s1", "c001-t00-s2"]
+    assert trained_in(second) == ["c001-t01"]
+    assert "c001-t01, this group's best, is not re-measured: c001-t00" in second.stdout
+    assert run["gate"].task.data.measure_jobs == [MeasureJob("none")]
+    assert len(end.champion.seed_values) == 3

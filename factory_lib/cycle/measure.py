@@ -12,10 +12,15 @@ what is still missing (a champion measured under another evaluator, say).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from factory_lib.cycle.close import MeasureJob, Measurement, package_of, scored_records
@@ -51,11 +56,61 @@ def run_job(
     return Measurement(job, values=values, exports=exports, export_summary=summary)
 
 
+class GroupBests:
+    """Where the train tasks of one run post their group's best once their trials are done,
+    so that a task whose best another group has already beaten does not re-measure it.
+
+    Only advice, kept in a file per task under this machine's temp directory: under the local
+    runtime the tasks share it and are spared the work; where they do not (one machine per
+    task), each task finds no other post and re-measures as if alone. Either way the gate
+    lists whatever the challenger still lacks.
+    """
+
+    def __init__(self, path: Path, own: int) -> None:
+        self.path, self.own = path, own
+
+    @classmethod
+    def of(cls, run_pathspec: str, own: int = 0) -> GroupBests:
+        # run ids are unique within a datastore (the local one's are microsecond timestamps)
+        user = os.getuid() if hasattr(os, "getuid") else "user"
+        run = run_pathspec.replace("/", "-")
+        return cls(Path(tempfile.gettempdir()) / f"factory-{user}" / run, own)
+
+    def post(self, best: TrialRecord) -> None:
+        entry = {"trial_id": best.trial_id, "key": _rank(best)}
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            part = self.path / f".{self.own}.{os.getpid()}"
+            part.write_text(json.dumps(entry))
+            part.replace(self.path / f"{self.own}.json")
+        except OSError:
+            pass  # advice only: without it this task re-measures as if alone
+
+    def beaten(self, best: TrialRecord) -> str | None:
+        """Another group's posted best that `best` cannot beat as the gate ranks them."""
+        try:
+            posts = [p for p in self.path.glob("*.json") if p.stem != str(self.own)]
+            entries = [json.loads(p.read_text()) for p in posts]
+        except (OSError, ValueError):
+            return None
+        better = [e for e in entries if tuple(e["key"]) > _rank(best)]
+        return max(better, key=lambda e: tuple(e["key"]))["trial_id"] if better else None
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _rank(record: TrialRecord) -> tuple[float, int]:
+    """`challenger_of`'s order: the higher validation reward, then the earlier trial."""
+    return (record.val_reward or 0.0, -record.result.proposal.number)
+
+
 def measure_in_train(
     plan: CyclePlan,
     outputs: Sequence[TrialOutput],
     entered: float,
     concurrent_tasks: int = 1,
+    bests: GroupBests | None = None,
 ) -> Measurement | None:
     """In a train task, after its trials: re-train the group's best trial over the gate's seeds
     and export it, so the measure step has nothing left to do for it if it is the cycle's
@@ -64,7 +119,8 @@ def measure_in_train(
     and train one (`entered`: when this step began, so its start-up is known), and when the
     other groups' re-trainings, in vain but for one group, cost no more than the measure
     tasks' start-ups; None otherwise, and the gate lists the jobs as before. They run side by
-    side here too, on the cores the other train tasks leave."""
+    side here too, on the cores the other train tasks leave. Not done either when another
+    group's best, posted on `bests` as its task finished, has already beaten this one."""
     objective = plan.objective
     k = objective.promotion.seeds
     if k < 2 or not outputs:
@@ -72,6 +128,14 @@ def measure_in_train(
     best = challenger_of(scored_records(plan, (o.result for o in outputs)))
     if best is None or best.result.evaluation is None:
         return None
+    if bests is not None:
+        bests.post(best)
+        if beaten_by := bests.beaten(best):
+            print(
+                f"{best.trial_id}, this group's best, is not re-measured: {beaten_by}, another "
+                "group's best, ranks above it and is the challenger unless the join flags it"
+            )
+            return None
     startup = min(o.result.started_at for o in outputs) - entered
     once = best.result.evaluation.train_seconds
     here, there = (k - 1) * once, startup + once
