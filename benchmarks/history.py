@@ -36,9 +36,9 @@ from overhead import (
     FLOW_NAME,
     LOG_TAIL_CHARS,
     ROOT,
-    longest_task_training,
     machine,
     step_seconds,
+    task_training,
 )
 
 # The cycles each end of the search is summarised by.
@@ -105,7 +105,7 @@ def _cycle(args: argparse.Namespace, sysroot: str, run_id_file: Path) -> float:
 def _measure(run: Any, wall: float) -> dict[str, Any]:
     """A cycle's wall, its longest train task's training and the rest, its steps' seconds."""
     end = run["end"].task.data
-    training = longest_task_training(run) or 0.0
+    training = max((task_training(run) or {}).values(), default=0.0)
     return {
         "cycle": end.cycle,
         "history": len(end.history),

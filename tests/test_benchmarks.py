@@ -103,6 +103,7 @@ def test_overhead_runs_the_cycle_and_the_baseline_side_by_side() -> None:
     assert script["trials"] == 2 and len(script["train_seconds"]) == 2
     assert report["factory_over_baseline"] == round(cycle["wall_s"] / script["wall_s"], 2)
     assert report["pair_ratios"] == [report["factory_over_baseline"]]
+    assert report["seeds"] == [0]  # pair i samples with proposers.seed i on both arms
     # the fixed cost is the wall less the training of the longest train task
     assert 0 < cycle["longest_task_train_s"] < cycle["wall_s"]
     assert report["factory_median_fixed_s"] == round(
