@@ -391,3 +391,64 @@ def test_drift_reads_a_table_with_its_target_column() -> None:
     assert "species" not in x.columns and len(x) == len(y) == 344
     with pytest.raises(ValueError, match="no column 'kind'"):
         load_labelled(PENGUINS, "kind")
+
+
+@pytest.mark.parametrize("name", ["digits", "iris", "wine", "breast_cancer", "diabetes"])
+def test_bundled_sets_read_as_scikit_learn_loads_them(name: str) -> None:
+    from sklearn import datasets
+
+    from factory_lib.data.bundled import bundled_arrays
+
+    bunch = getattr(datasets, f"load_{name}")()
+    data, target = bundled_arrays(name)
+    assert data.dtype == bunch.data.dtype and target.dtype == bunch.target.dtype
+    np.testing.assert_array_equal(data, bunch.data)
+    np.testing.assert_array_equal(target, bunch.target)
+
+
+def test_rows_split_as_scikit_learn_splits_them() -> None:
+    from sklearn.model_selection import train_test_split
+
+    from factory_lib.data.shuffle import train_test_indices
+
+    rng = np.random.default_rng(0)
+    cases = 0
+    for n in (9, 10, 37, 150, 1797):
+        for fraction in (0.15, 0.2, 0.3, 0.5):
+            for seed in (0, 1, 42):
+                # balanced, skewed (remainders that tie and differ), and no stratification
+                for y in (np.arange(n) % 3, rng.choice(4, n, p=[0.55, 0.25, 0.15, 0.05]), None):
+                    if y is not None and np.bincount(y).min() < 2:
+                        continue
+                    n_test = int(np.ceil(fraction * n))
+                    if y is not None and min(n_test, n - n_test) < len(np.unique(y)):
+                        continue
+                    want = train_test_split(
+                        np.arange(n), test_size=fraction, random_state=seed, stratify=y
+                    )
+                    got = train_test_indices(n, fraction, seed, y)
+                    np.testing.assert_array_equal(got[0], want[0])
+                    np.testing.assert_array_equal(got[1], want[1])
+                    cases += 1
+    assert cases > 120
+
+
+def test_the_scores_equal_scikit_learns() -> None:
+    from sklearn.metrics import f1_score, r2_score
+
+    from factory_lib.evaluate import macro_f1, r2
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        y = rng.integers(0, 5, 40)
+        pred = np.where(rng.random(40) < 0.6, y, rng.integers(0, 7, 40))  # classes y lacks too
+        assert macro_f1(y, pred) == pytest.approx(
+            f1_score(y, pred, average="macro", zero_division=0), abs=1e-12
+        )
+        t = rng.normal(size=30).astype(np.float32)
+        p = (t + rng.normal(scale=0.5, size=30)).astype(np.float32)
+        assert r2(t, p) == pytest.approx(r2_score(t, p), abs=1e-5)
+    assert macro_f1(np.array([1, 1]), np.array([2, 2])) == 0.0  # no class right
+    constant = np.ones(5)
+    assert r2(constant, constant) == r2_score(constant, constant) == 1.0
+    assert r2(constant, constant + 1) == r2_score(constant, constant + 1) == 0.0

@@ -90,8 +90,28 @@ def test_the_light_steps_import_neither_torch_nor_lightning() -> None:
         "heavy = sorted(m for m in ('torch', 'lightning', 'anthropic') if m in sys.modules)\n"
         "print(','.join(heavy) or 'light')\n"
     )
+    assert _printed_by(code) == "light"
+
+
+def test_loading_splitting_and_scoring_the_bundled_data_import_no_scikit_learn() -> None:
+    """The start step and every train task load and split the data and score trials; importing
+    scikit-learn for that cost each about half a second (factory_lib.data.bundled, .shuffle)."""
+    code = (
+        "import sys\n"
+        "from factory_lib.objective import load_objective\n"
+        "from factory_lib.data.splits import load_splits\n"
+        "import factory_lib.evaluate\n"
+        "objective = load_objective('objectives/digits.yaml')\n"
+        "splits = load_splits(objective.data, objective.task)\n"
+        "print('sklearn' in sys.modules)\n"
+    )
+    assert _printed_by(code) == "False"
+
+
+def _printed_by(code: str) -> str:
+    """What `code` prints, run by a fresh interpreter (so only its own imports count)."""
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "light"
+    return out.stdout.strip()

@@ -159,11 +159,11 @@ def combined_fingerprint(split_fingerprints: dict[str, str]) -> str:
 
 
 def _load_bundled(name: str) -> Loaded:
-    from sklearn import datasets
+    from factory_lib.data.bundled import bundled_arrays
 
-    bunch = getattr(datasets, f"load_{name}")()
-    x = np.asarray(bunch.data, dtype=np.float32)  # flat rows (digits: 64 pixels each)
-    return Loaded(x=x, y=np.asarray(bunch.target), classes=None, encoder=None)
+    data, target = bundled_arrays(name)
+    x = np.asarray(data, dtype=np.float32)  # flat rows (digits: 64 pixels each)
+    return Loaded(x=x, y=target, classes=None, encoder=None)
 
 
 def load_source(spec: DataSpec, task: str) -> Loaded:
@@ -187,7 +187,7 @@ def _take(x: Any, idx: np.ndarray) -> Any:
 
 def _split_indices(spec: DataSpec, task: str, data: Loaded) -> dict[str, np.ndarray]:
     """Row indices of each split: the data's own, by groups, or stratified at random."""
-    from sklearn.model_selection import GroupShuffleSplit, train_test_split
+    from factory_lib.data.shuffle import train_test_indices
 
     n = len(data.y)
     if data.split is not None:
@@ -195,6 +195,8 @@ def _split_indices(spec: DataSpec, task: str, data: Loaded) -> dict[str, np.ndar
     rows = np.arange(n)
     val_share = spec.val_fraction / (1.0 - spec.test_fraction)
     if data.groups is not None:
+        from sklearn.model_selection import GroupShuffleSplit
+
         groups = data.groups
         rest, test = next(
             GroupShuffleSplit(1, test_size=spec.test_fraction, random_state=spec.seed).split(
@@ -208,16 +210,11 @@ def _split_indices(spec: DataSpec, task: str, data: Loaded) -> dict[str, np.ndar
         )
         return {"train": rest[train], "val": rest[val], "test": test}
     stratify = data.y if task == "classification" else None
-    rest, test = train_test_split(
-        rows, test_size=spec.test_fraction, random_state=spec.seed, stratify=stratify
+    rest, test = train_test_indices(n, spec.test_fraction, spec.seed, stratify)
+    train, val = train_test_indices(
+        len(rest), val_share, spec.seed, data.y[rest] if stratify is not None else None
     )
-    train, val = train_test_split(
-        rest,
-        test_size=val_share,
-        random_state=spec.seed,
-        stratify=data.y[rest] if stratify is not None else None,
-    )
-    return {"train": train, "val": val, "test": test}
+    return {"train": rest[train], "val": rest[val], "test": test}
 
 
 def _check_classes(spec: DataSpec, data: Loaded, where: str) -> None:
