@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,54 @@ def test_only_the_best_groups_champion_candidate_is_re_measured(tmp_path) -> Non
     assert "c001-t01, this group's best, is not re-measured: c001-t00" in second.stdout
     assert run["gate"].task.data.measure_jobs == [MeasureJob("none")]
     assert len(end.champion.seed_values) == 3
+
+
+def _sleep_in_a_worker(pid_file) -> int:
+    """A stand-in for a re-training: it starts a process of its own, as train_group does."""
+    import multiprocessing
+    import time
+
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    worker.start()
+    pid_file.write_text(str(worker.pid))
+    worker.join()
+    return 1
+
+
+def test_a_re_measurement_stops_once_another_group_posts_a_better_best(tmp_path) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a train task: beside forks only then
+    try:
+        _stop_when_beaten(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stop_when_beaten(tmp_path: Path) -> None:
+    import threading
+    import time
+    from functools import partial
+
+    from factory_lib.cycle.measure import GroupBests, beside
+    from tests.records import record
+
+    objective = load_objective(ROOT / "objectives" / "smoke.yaml")
+    mine, other = GroupBests(tmp_path / "run", 0), GroupBests(tmp_path / "run", 1)
+    best, better = record(objective, 1, val=0.8), record(objective, 0, val=0.9)
+    mine.post(best)
+    pid_file = tmp_path / "worker.pid"
+    work = beside(partial(_sleep_in_a_worker, pid_file), lambda exit_code: None, niceness=5)
+    threading.Timer(1.0, other.post, args=(better,)).start()
+    started = time.monotonic()
+    assert mine.wait_unless_beaten(best, [work]) == better.trial_id
+    assert time.monotonic() - started < 30  # not the minute the work would take
+    work.stop()
+    assert work.process is not None and not work.process.is_alive()
+    status = Path(f"/proc/{pid_file.read_text()}/status")
+    assert not status.exists()  # its own worker ended (and was reaped) with it
+    # nothing posted that beats it: the wait is the work's own
+    quick = beside(lambda: 7, lambda exit_code: None)
+    assert GroupBests(tmp_path / "other-run", 0).wait_unless_beaten(best, [quick]) is None
+    assert quick() == 7

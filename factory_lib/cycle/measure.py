@@ -16,12 +16,14 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from factory_lib.cycle.close import MeasureJob, Measurement, package_of, scored_records
 from factory_lib.cycle.plan import CyclePlan
@@ -39,6 +41,11 @@ if TYPE_CHECKING:
 SEED_STRIDE = 100_003
 EXPORT_SAMPLE = 256
 EXPORT_ARTIFACT = "exports (end step): .torchscript and .onnx bytes"
+# A guess (re-measuring while other groups still train) runs this far below their priority,
+# and looks for a better best posted this often.
+SPECULATIVE_NICENESS = 10
+BOARD_POLL_S = 0.1
+STOP_GRACE_S = 5.0  # for a stopped process to end its trial worker, before it is killed
 
 
 def run_job(
@@ -96,6 +103,24 @@ class GroupBests:
         better = [e for e in entries if tuple(e["key"]) > _rank(best)]
         return max(better, key=lambda e: tuple(e["key"]))["trial_id"] if better else None
 
+    def posted(self) -> int:
+        """How many other groups have posted their best."""
+        try:
+            return sum(p.stem != str(self.own) for p in self.path.glob("*.json"))
+        except OSError:
+            return 0
+
+    def wait_unless_beaten(self, best: TrialRecord, running: Sequence[Beside[Any]]) -> str | None:
+        """Wait for the `running` work to finish; the trial that beat `best` if one is posted
+        first (the work is then in vain), else None."""
+        pending = [r.receive for r in running if r.receive is not None]
+        while pending:
+            for ready in wait(pending, timeout=BOARD_POLL_S):
+                pending.remove(cast(Connection, ready))
+            if beaten_by := self.beaten(best):
+                return beaten_by
+        return None
+
     def clear(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
@@ -120,7 +145,9 @@ def measure_in_train(
     other groups' re-trainings, in vain but for one group, cost no more than the measure
     tasks' start-ups; None otherwise, and the gate lists the jobs as before. They run side by
     side here too, on the cores the other train tasks leave. Not done either when another
-    group's best, posted on `bests` as its task finished, has already beaten this one."""
+    group's best, posted on `bests` as its task finished, has already beaten this one; while
+    other groups still train, the re-trainings run below their priority and stop (None) once
+    one of them posts a better best."""
     objective = plan.objective
     k = objective.promotion.seeds
     if k < 2 or not outputs:
@@ -163,18 +190,29 @@ def measure_in_train(
     again = tuple(range(1, k))
     job = MeasureJob("seeds", best.trial_id, best, k, export=True, again=again)
     package = package_of(plan, best, weights.__getitem__)
-    exported = beside(lambda: export_or_note(package, objective), _export_lost)
-    # One re-training here, the others each in a process beside it: where the other tasks are
-    # done (this one is the cycle's last), they run on the cores those tasks have left.
-    others = [
+    # Re-measuring while other groups still train is a guess: it yields the cores to their
+    # trials and stops as soon as one of them posts a better best.
+    speculative = bests is not None and bests.posted() < concurrent_tasks - 1
+    niceness = SPECULATIVE_NICENESS if speculative else 0
+    exported = beside(lambda: export_or_note(package, objective), _export_lost, niceness)
+    retrained = [
         beside(
             partial(seed_values, objective, best, (j,), concurrent_tasks, plan.data),
             lambda exit_code: (None,),
+            niceness,
         )
-        for j in again[1:]
+        for j in again
     ]
-    values = seed_values(objective, best, again[:1], concurrent_tasks, plan.data)
-    values += tuple(v for wait in others for v in wait())
+    running: list[Beside[Any]] = [exported, *retrained]
+    if speculative and bests and (beaten_by := bests.wait_unless_beaten(best, running)):
+        for work in running:
+            work.stop()
+        print(
+            f"{best.trial_id}: its re-measurement stopped: {beaten_by}, another group's best, "
+            "ranks above it"
+        )
+        return None
+    values = tuple(v for wait in retrained for v in wait())
     exports, summary = exported()
     return Measurement(job, values=values, exports=exports, export_summary=summary)
 
@@ -187,40 +225,75 @@ def _export_lost(exit_code: int | None) -> Exported:
     return None, ExportSummary(error=f"the export process died (exit {exit_code})")
 
 
-def beside(work: Callable[[], T], lost: Callable[[int | None], T]) -> Callable[[], T]:
+class Beside(Generic[T]):
+    """Work in a forked process beside what this process does next; call it for the value."""
+
+    def __init__(
+        self,
+        receive: Connection | None,
+        process: BaseProcess | None,
+        lost: Callable[[int | None], T],
+        done: T | None = None,
+    ) -> None:
+        self.receive, self.process, self.lost, self.done = receive, process, lost, done
+
+    def __call__(self) -> T:
+        if self.receive is None or self.process is None:
+            return cast(T, self.done)
+        try:
+            result: T = self.receive.recv()
+        except EOFError:
+            self.process.join()
+            return self.lost(self.process.exitcode)
+        self.process.join()
+        return result
+
+    def stop(self) -> None:
+        """End the process and what it started (a trial worker), if it is still working: its
+        value is no longer wanted."""
+        if self.process is not None and self.process.is_alive():
+            self.process.terminate()  # _end_with_children
+            self.process.join(STOP_GRACE_S)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+
+
+def beside(work: Callable[[], T], lost: Callable[[int | None], T], niceness: int = 0) -> Beside[T]:
     """`work` in a forked process, so that it runs beside what this process does next (on a
-    core another task has left, or between its epochs); in this process, at once, where a
-    fork is unsafe (factory_lib.train.supervisor.start_method). Call the result to wait for
-    its value; `lost(exit code)` stands for it if the process died without a word (the
-    out-of-memory killer, a native crash)."""
+    core another task has left, or between its epochs), at `niceness` below this process's
+    priority; in this process, at once, where a fork is unsafe
+    (factory_lib.train.supervisor.start_method). Call the result to wait for its value;
+    `lost(exit code)` stands for it if the process died without a word (the out-of-memory
+    killer, a native crash)."""
     import torch
 
     from factory_lib.train.supervisor import start_method, start_process
 
     if start_method(torch.get_num_threads()) != "fork":
-        done = work()
-        return lambda: done
+        return Beside(None, None, lost, work())
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_send_result, args=(send, work), name="beside")
+    process = context.Process(target=_send_result, args=(send, work, niceness), name="beside")
     start_process(process)
     send.close()
-
-    def wait() -> T:
-        try:
-            result: T = receive.recv()
-        except EOFError:
-            process.join()
-            return lost(process.exitcode)
-        process.join()
-        return result
-
-    return wait
+    return Beside(receive, process, lost)
 
 
-def _send_result(send: Connection, work: Callable[[], Any]) -> None:
+def _send_result(send: Connection, work: Callable[[], Any], niceness: int = 0) -> None:
+    signal.signal(signal.SIGTERM, _end_with_children)
+    if niceness and hasattr(os, "nice"):
+        os.nice(niceness)
     send.send(work())
     send.close()
+
+
+def _end_with_children(signum: int, frame: Any) -> None:
+    """`Beside.stop`: a re-training's own trial worker must not outlive it."""
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(STOP_GRACE_S)
+    os._exit(128 + signum)
 
 
 def seed_values(
