@@ -65,10 +65,10 @@ def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
     """The unweighted mean of each class's F1 over the classes in `y` or `pred` (a class never
     predicted scores 0), as scikit-learn's `f1_score(average="macro", zero_division=0)`;
     written out, so that no train task imports scikit-learn for it (~0.5 s)."""
-    labels = np.union1d(y, pred)
-    hit = y == pred
-    tp = np.array([np.sum(hit & (y == c)) for c in labels], dtype=np.float64)
-    true, predicted = (np.array([np.sum(v == c) for c in labels]) for v in (y, pred))
+    labels, index = np.unique(np.concatenate([y, pred]), return_inverse=True)
+    true_i, pred_i = index[: len(y)], index[len(y) :]
+    tp = np.bincount(true_i[y == pred], minlength=len(labels))
+    true, predicted = (np.bincount(i, minlength=len(labels)) for i in (true_i, pred_i))
     return float(np.mean(2 * tp / (true + predicted)))
 
 

@@ -212,7 +212,7 @@ def measure_in_train(
             "ranks above it"
         )
         return None
-    values = tuple(v for wait in retrained for v in wait())
+    values = tuple(v for done in retrained for v in done())
     exports, summary = exported()
     return Measurement(job, values=values, exports=exports, export_summary=summary)
 
