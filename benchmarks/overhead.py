@@ -200,14 +200,15 @@ def measure_tree(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
 
         namespace(None)
         run = Run(f"{FLOW_NAME}/{run_id_file.read_text().strip()}")
+        per_task = task_training(run)
         return {
             "wall_s": round(wall, 1),
             "step_seconds": step_seconds(run),
             # two decimals: a smoke cycle's task may train for 0.04 s, which is not nothing
-            "longest_task_train_s": round(max(per_task.values(), default=0.0), 2)
-            if (per_task := task_training(run)) is not None
-            else None,
-            "sum_train_s": round(sum(per_task.values()), 1) if per_task is not None else None,
+            "longest_task_train_s": None
+            if per_task is None
+            else round(max(per_task.values(), default=0.0), 2),
+            "sum_train_s": None if per_task is None else round(sum(per_task.values()), 1),
         }
 
 

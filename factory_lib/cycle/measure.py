@@ -32,7 +32,7 @@ from factory_lib.objective import Objective
 from factory_lib.records import TrialRecord
 from factory_lib.registry import Exports, ModelPackage
 from factory_lib.registry.card import ExportSummary
-from factory_lib.registry.gate import challenger_of
+from factory_lib.registry.gate import challenger_of, challenger_rank
 
 if TYPE_CHECKING:
     from factory_lib.train.trial import TrialOutput
@@ -84,7 +84,7 @@ class GroupBests:
         return cls(Path(tempfile.gettempdir()) / f"factory-{user}" / run, own)
 
     def post(self, best: TrialRecord) -> None:
-        entry = {"trial_id": best.trial_id, "key": _rank(best)}
+        entry = {"trial_id": best.trial_id, "key": challenger_rank(best)}
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             part = self.path / f".{self.own}.{os.getpid()}"
@@ -100,7 +100,7 @@ class GroupBests:
             entries = [json.loads(p.read_text()) for p in posts]
         except (OSError, ValueError):
             return None
-        better = [e for e in entries if tuple(e["key"]) > _rank(best)]
+        better = [e for e in entries if tuple(e["key"]) > challenger_rank(best)]
         return max(better, key=lambda e: tuple(e["key"]))["trial_id"] if better else None
 
     def posted(self) -> int:
@@ -123,11 +123,6 @@ class GroupBests:
 
     def clear(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _rank(record: TrialRecord) -> tuple[float, int]:
-    """`challenger_of`'s order: the higher validation reward, then the earlier trial."""
-    return (record.val_reward or 0.0, -record.result.proposal.number)
 
 
 def measure_in_train(

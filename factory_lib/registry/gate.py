@@ -72,10 +72,16 @@ def seeds_label(n: int) -> str:
     return "one run" if n == 1 else f"mean over {n} seeds"
 
 
+def challenger_rank(record: TrialRecord) -> tuple[float, int]:
+    """How the gate ranks candidates: the higher validation reward (never a test metric),
+    then the earlier trial."""
+    return (record.val_reward or 0.0, -record.result.proposal.number)
+
+
 def challenger_of(records: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The best eligible, unflagged trial by validation reward (never by a test metric)."""
+    """The best eligible, unflagged trial by `challenger_rank`."""
     eligible = [r for r in records if r.eligible and not r.flags]
-    return max(eligible, key=lambda r: r.val_reward or 0.0) if eligible else None
+    return max(eligible, key=challenger_rank) if eligible else None
 
 
 def decide(
