@@ -45,7 +45,6 @@ with a schedule or self-chaining from `--config deployment infra/deploy/<orchest
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from factory_lib.runs.env import (
@@ -56,12 +55,21 @@ from factory_lib.runs.env import (
     local_worker_default,
     use_local_datastore,
 )
+from factory_lib.runs.preload import hand_over, start_preloader, task_started
 
+# When this task's process began: a train task compares its own start-up with a measure
+# task's (measure_in_train).
+PROCESS_STARTED = task_started()
+
+if __name__ == "__main__":  # not in a trial worker started with `spawn` (as __mp_main__)
+    hand_over(sys.argv, PROCESS_STARTED)  # a task but start's: to the run's preloader, if any
 exit_without_collecting()  # every task's process, the card's and the command's
 ensure_metaflow_user()
 if "step" not in sys.argv:  # not a task: the project's one local datastore, from any folder
     use_local_datastore()
 local_worker_default(sys.argv)
+if __name__ == "__main__":
+    start_preloader(sys.argv)  # imports torch and Lightning for the train tasks meanwhile
 if __name__ == "__main__" and (problem := datastore_problem(sys.argv)):
     sys.exit(problem)  # one line naming the path, not Metaflow's internal-error traceback
 
@@ -249,7 +257,6 @@ class CycleFlow(FlowSpec):
         """Train and evaluate this group's trials; each outcome becomes a TrialResult. Then
         re-measure and export the group's best, in case it is the cycle's challenger, where
         that is cheaper than measure tasks (factory_lib.cycle.measure.measure_in_train)."""
-        entered = time.time()
         from factory_lib.cycle.measure import GroupBests, measure_in_train
         from factory_lib.cycle.plan import pruning_curves
         from factory_lib.records import Proposal
@@ -279,7 +286,9 @@ class CycleFlow(FlowSpec):
             o.result.proposal.trial_id: o.checkpoint for o in outputs if o.checkpoint is not None
         }
         bests = GroupBests.of(f"{current.flow_name}/{current.run_id}", self.index or 0)
-        self.measured = measure_in_train(self.plan, outputs, entered, len(self.trial_groups), bests)
+        self.measured = measure_in_train(
+            self.plan, outputs, PROCESS_STARTED, len(self.trial_groups), bests
+        )
         self.next(self.join)
 
     @step

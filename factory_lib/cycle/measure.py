@@ -128,7 +128,7 @@ class GroupBests:
 def measure_in_train(
     plan: CyclePlan,
     outputs: Sequence[TrialOutput],
-    entered: float,
+    started: float,
     concurrent_tasks: int = 1,
     bests: GroupBests | None = None,
 ) -> Measurement | None:
@@ -136,10 +136,11 @@ def measure_in_train(
     and export it, so the measure step has nothing left to do for it if it is the cycle's
     challenger (the best of the groups' bests). Done only when those re-trainings, one after
     another, would take no longer than a measure task (one each, side by side) takes to start
-    and train one (`entered`: when this step began, so its start-up is known), and when the
-    other groups' re-trainings, in vain but for one group, cost no more than the measure
-    tasks' start-ups; None otherwise, and the gate lists the jobs as before. They run side by
-    side here too, on the cores the other train tasks leave. Not done either when another
+    and train one (`started`: when this task's process began, so its start-up is known:
+    Metaflow's, loading the plan, imports, the data), and when the other groups' re-trainings,
+    in vain but for one group, cost no more than the measure tasks' start-ups; None otherwise,
+    and the gate lists the jobs as before. They run side by side here too, on the cores the
+    other train tasks leave. Not done either when another
     group's best, posted on `bests` as its task finished, has already beaten this one; while
     other groups still train, the re-trainings run below their priority and stop (None) once
     one of them posts a better best."""
@@ -158,7 +159,7 @@ def measure_in_train(
                 "group's best, ranks above it and is the challenger unless the join flags it"
             )
             return None
-    startup = min(o.result.started_at for o in outputs) - entered
+    startup = min(o.result.started_at for o in outputs) - started
     once = best.result.evaluation.train_seconds
     here, there = (k - 1) * once, startup + once
     # Every group re-trains its best and one of them is the challenger: the others' must not
