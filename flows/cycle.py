@@ -55,7 +55,7 @@ from factory_lib.runs.env import (
     local_worker_default,
     use_local_datastore,
 )
-from factory_lib.runs.preload import hand_over, start_preloader, task_started
+from factory_lib.runs.preload import hand_over, start_preloader, switch_problem, task_started
 
 # When this task's process began: a train task compares its own start-up with a measure
 # task's (measure_in_train).
@@ -68,10 +68,10 @@ ensure_metaflow_user()
 if "step" not in sys.argv:  # not a task: the project's one local datastore, from any folder
     use_local_datastore()
 local_worker_default(sys.argv)
+if __name__ == "__main__" and (problem := datastore_problem(sys.argv) or switch_problem()):
+    sys.exit(problem)  # one line naming the path, not Metaflow's internal-error traceback
 if __name__ == "__main__":
     start_preloader(sys.argv)  # imports torch and Lightning for the train tasks meanwhile
-if __name__ == "__main__" and (problem := datastore_problem(sys.argv)):
-    sys.exit(problem)  # one line naming the path, not Metaflow's internal-error traceback
 
 from collections.abc import Callable  # noqa: E402
 from typing import Any, TypeVar, cast  # noqa: E402

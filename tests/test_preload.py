@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from factory_lib.runs import preload
+from tests.conftest import FLOW
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TASK = FIXTURES / "preload_task.py"
@@ -185,6 +186,8 @@ def test_without_a_preloader_a_task_starts_cold_and_says_why(tmp_path: Path) -> 
         (["cycle.py", "run"], None, True),
         (["cycle.py", "--config", "objective", "o.yaml", "resume"], None, True),
         (["cycle.py", "run"], "0", False),
+        (["cycle.py", "run"], "Off", False),
+        (["cycle.py", "run"], "1", True),
         (["cycle.py", "run", "--with", "batch"], None, False),
         (["cycle.py", "--with=kubernetes:cpu=2", "run"], None, False),
         (["cycle.py", "--config", "objective", "batchnorm.yaml", "run"], None, True),
@@ -203,6 +206,18 @@ def test_which_commands_start_a_preloader(
     assert preload.wanted(argv) is expected
     monkeypatch.setattr(preload, "glob", lambda _pattern: ["/dev/nvidia0"])
     assert preload.wanted(argv) is False
+
+
+def test_a_mistyped_switch_is_refused_before_the_run(tmp_path: Path) -> None:
+    env = {**os.environ, preload.SWITCH_VARIABLE: "flase"}
+    done = subprocess.run(
+        [sys.executable, FLOW, "run"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "FACTORY_PRELOAD='flase' is neither on nor off: 1 preloads a local run's tasks (the "
+        "default), 0 starts each of them cold"
+    )
 
 
 def test_the_preloader_ends_with_its_run_and_the_next_removes_what_a_killed_one_left(

@@ -55,6 +55,10 @@ from typing import NoReturn
 SOCKET_VARIABLE = "FACTORY_PRELOAD_SOCKET"
 # FACTORY_PRELOAD=0 turns preloading off for a run.
 SWITCH_VARIABLE = "FACTORY_PRELOAD"
+SWITCH_VALUES = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
 # What the preloader imports, in order: first what every task and the train tasks import,
 # then, on idle cores only, what the join (Optuna's importance evaluators) and the end step
 # (plots, the card) add, taking the requests that came meanwhile between two imports.
@@ -78,10 +82,23 @@ FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signa
 REMOTE = frozenset({"batch", "kubernetes"})
 
 
+def switch_problem() -> str | None:
+    """What is wrong with FACTORY_PRELOAD, if it is set to neither on nor off."""
+    value = os.environ.get(SWITCH_VARIABLE)
+    if value is None or value.strip().lower() in SWITCH_VALUES:
+        return None
+    return (
+        f"{SWITCH_VARIABLE}={value!r} is neither on nor off: 1 preloads a local run's tasks "
+        "(the default), 0 starts each of them cold"
+    )
+
+
 def wanted(argv: Sequence[str]) -> bool:
     """Whether this command should start a preloader: a local `run` or `resume` on a machine
     without an NVIDIA device, unless FACTORY_PRELOAD=0."""
-    if os.environ.get(SWITCH_VARIABLE, "1") == "0" or "step" in argv:
+    if not SWITCH_VALUES.get(os.environ.get(SWITCH_VARIABLE, "1").strip().lower(), True):
+        return False
+    if "step" in argv:
         return False
     if not {"run", "resume"} & set(argv):
         return False
