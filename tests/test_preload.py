@@ -132,6 +132,16 @@ def test_a_worker_a_task_spawns_runs_in_the_task_not_as_another_task(
     assert "not preloaded" not in err
 
 
+def test_a_task_exits_through_the_exit_handlers_it_inherited(starter: dict[str, str]) -> None:
+    """multiprocessing, imported in the preloader, ends a task's daemonic workers at exit."""
+    proc = _task(starter, "daemon-worker")
+    assert _report(proc)["preloaded"]
+    out, _ = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 0
+    worker = json.loads(out.splitlines()[-1])["worker"]
+    assert _until(lambda: _gone(worker), 10), "the task's daemonic worker outlived it"
+
+
 def test_a_task_killed_from_outside_ends_its_relay_as_killed(starter: dict[str, str]) -> None:
     proc = _task(starter, "wait")
     os.kill(_report(proc)["pid"], signal.SIGKILL)  # as the out-of-memory killer would

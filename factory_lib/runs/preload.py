@@ -162,6 +162,9 @@ def task_started() -> float:
 
 
 _relay_started: float | None = None
+# A preloaded task's exit code (what it gave sys.exit), once it has one.
+_NOT_A_TASK = object()
+_task_code: object = _NOT_A_TASK
 # The names of the preloader's own `__main__`, before it imported anything.
 _own_main: set[str] = set()
 
@@ -285,6 +288,8 @@ def serve(path: Path, run: int) -> None:
     (between IDLE's imports too): fork a task for each, and tell its relay the task's pid and
     then its exit status. Exits once the run's process `run` is gone and no task is left."""
     me = os.getpid()  # a forked task leaves through here too, and must leave the socket be
+    # Before the imports register theirs, so that in a task it runs after all of them.
+    atexit.register(_exit_task_now)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the run is over: clean up
     # Ctrl-C reaches the whole run: its tasks stop, and their relays still need their status.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -464,26 +469,30 @@ def _become_task(conn: socket.socket, fds: list[int], request: dict[str, object]
     global _relay_started
     _relay_started = float(request["started"])  # type: ignore[arg-type]
     _end_with(conn)
-    code: object = 0
-    atexit.register(lambda: _exit_now(code))  # registered first, so it runs last
+    global _task_code
     # What the imports put on `__main__` (Metaflow its ForeachFrame, for pickle) goes on the
     # flow file's `__main__` too, as it would have been were they imported there.
     main = sys.modules["__main__"]
     put = {name: value for name, value in vars(main).items() if name not in _own_main}
+    _task_code = 0
     try:
         runpy.run_path(argv[0], init_globals=put, run_name="__main__")
     except SystemExit as exit_:
-        code = exit_.code
-    except BaseException:  # noqa: BLE001 - what the interpreter does with it, then _exit_now
+        _task_code = exit_.code
+    except BaseException:  # noqa: BLE001 - what the interpreter does with it, then exits
         traceback.print_exc()
-        code = 1
-    sys.exit()  # the exit handlers run, _exit_now last, with `code`
+        _task_code = 1
+    sys.exit()  # the exit handlers run, _exit_task_now last, with `_task_code`
 
 
-def _exit_now(code: object) -> NoReturn:
-    """End a task after its exit handlers, as `sys.exit(code)` would, without the interpreter
-    tearing down the modules it inherited: torch and Lightning take a process that imported
-    them 0.3 s more to exit, which a cold light task never imported."""
+def _exit_task_now() -> None:
+    """In a task, after its exit handlers and those it inherited: end as `sys.exit(code)`
+    would, without the interpreter tearing down the modules it inherited (torch and Lightning
+    take a process that imported them 0.3 s more to exit, which a cold light task never
+    imported). In the preloader itself, nothing."""
+    code = _task_code
+    if code is _NOT_A_TASK:
+        return
     if isinstance(code, str):
         print(code, file=sys.stderr)
     sys.stdout.flush()
