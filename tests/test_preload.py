@@ -42,10 +42,10 @@ def _until(condition: Any, seconds: float = WAIT_S) -> bool:
 
 
 @pytest.fixture(scope="module")
-def starter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def preloader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A preloader for this process, as start_preloader starts one; the environment its
     tasks get."""
-    path = tmp_path_factory.mktemp("preloaded") / "w.sock"
+    path = tmp_path_factory.mktemp("preloaded") / "p.sock"
     env = {**os.environ, "PYTHONUNBUFFERED": "x"}
     proc = subprocess.Popen(
         [sys.executable, "-m", preload.__name__, str(path), str(os.getpid())],
@@ -59,9 +59,7 @@ def starter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     assert not path.exists(), "the preloader left its socket behind"
 
 
-def _task(
-    env: dict[str, str], action: str, step: str = "work", **popen: Any
-) -> subprocess.Popen[str]:
+def _task(env: dict[str, str], action: str, step: str = "work") -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(TASK), "step", step, action],
         env=env,
@@ -69,7 +67,6 @@ def _task(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **popen,
     )
 
 
@@ -82,9 +79,9 @@ def _report(proc: subprocess.Popen[str]) -> dict[str, Any]:
 
 
 def test_a_task_runs_in_the_preloader_with_its_own_streams_directory_and_exit_code(
-    starter: dict[str, str],
+    preloader: dict[str, str],
 ) -> None:
-    proc = _task(starter, "exit-3")
+    proc = _task(preloader, "exit-3")
     report = _report(proc)
     _, err = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 3
@@ -100,8 +97,8 @@ def test_a_task_runs_in_the_preloader_with_its_own_streams_directory_and_exit_co
     assert _gone(report["pid"])
 
 
-def test_a_task_error_is_its_traceback_and_exit_code_1(starter: dict[str, str]) -> None:
-    proc = _task(starter, "raise")
+def test_a_task_error_is_its_traceback_and_exit_code_1(preloader: dict[str, str]) -> None:
+    proc = _task(preloader, "raise")
     assert _report(proc)["preloaded"]
     _, err = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 1
@@ -109,20 +106,20 @@ def test_a_task_error_is_its_traceback_and_exit_code_1(starter: dict[str, str]) 
 
 
 def test_a_task_killed_by_a_signal_ends_its_relay_with_the_same_signal(
-    starter: dict[str, str],
+    preloader: dict[str, str],
 ) -> None:
-    proc = _task(starter, "sigterm-self")
+    proc = _task(preloader, "sigterm-self")
     assert _report(proc)["preloaded"]
     proc.communicate(timeout=WAIT_S)
     assert proc.returncode == -signal.SIGTERM
 
 
 def test_a_worker_a_task_spawns_runs_in_the_task_not_as_another_task(
-    starter: dict[str, str],
+    preloader: dict[str, str],
 ) -> None:
     """A `spawn` worker imports the flow file with the task's command line: it once handed
     itself over as a task again, which spawned a worker, which handed itself over..."""
-    proc = _task(starter, "spawn-worker")
+    proc = _task(preloader, "spawn-worker")
     report = _report(proc)
     out, err = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, err
@@ -132,9 +129,9 @@ def test_a_worker_a_task_spawns_runs_in_the_task_not_as_another_task(
     assert "not preloaded" not in err
 
 
-def test_a_task_exits_through_the_exit_handlers_it_inherited(starter: dict[str, str]) -> None:
+def test_a_task_exits_through_the_exit_handlers_it_inherited(preloader: dict[str, str]) -> None:
     """multiprocessing, imported in the preloader, ends a task's daemonic workers at exit."""
-    proc = _task(starter, "daemon-worker")
+    proc = _task(preloader, "daemon-worker")
     assert _report(proc)["preloaded"]
     out, _ = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0
@@ -142,15 +139,15 @@ def test_a_task_exits_through_the_exit_handlers_it_inherited(starter: dict[str, 
     assert _until(lambda: _gone(worker), 10), "the task's daemonic worker outlived it"
 
 
-def test_a_task_killed_from_outside_ends_its_relay_as_killed(starter: dict[str, str]) -> None:
-    proc = _task(starter, "wait")
+def test_a_task_killed_from_outside_ends_its_relay_as_killed(preloader: dict[str, str]) -> None:
+    proc = _task(preloader, "wait")
     os.kill(_report(proc)["pid"], signal.SIGKILL)  # as the out-of-memory killer would
     proc.communicate(timeout=WAIT_S)
     assert proc.returncode == -signal.SIGKILL  # what the runtime records as the task's death
 
 
-def test_a_signal_to_the_relay_reaches_the_task(starter: dict[str, str]) -> None:
-    proc = _task(starter, "wait")
+def test_a_signal_to_the_relay_reaches_the_task(preloader: dict[str, str]) -> None:
+    proc = _task(preloader, "wait")
     report = _report(proc)
     proc.send_signal(signal.SIGTERM)  # what the runtime's @timeout or a kill sends
     proc.communicate(timeout=WAIT_S)
@@ -158,23 +155,23 @@ def test_a_signal_to_the_relay_reaches_the_task(starter: dict[str, str]) -> None
     assert _until(lambda: _gone(report["pid"]), 10)
 
 
-def test_a_relay_killed_with_sigkill_takes_its_task_with_it(starter: dict[str, str]) -> None:
-    proc = _task(starter, "wait")
+def test_a_relay_killed_with_sigkill_takes_its_task_with_it(preloader: dict[str, str]) -> None:
+    proc = _task(preloader, "wait")
     report = _report(proc)
     proc.kill()
     proc.communicate(timeout=WAIT_S)
     assert _until(lambda: _gone(report["pid"]), 10), "the task outlived its relay"
 
 
-def test_another_environment_or_the_start_step_starts_cold(starter: dict[str, str]) -> None:
-    proc = _task({**starter, "FACTORY_SOMETHING": "1"}, "exit-3")
+def test_another_environment_or_the_start_step_starts_cold(preloader: dict[str, str]) -> None:
+    proc = _task({**preloader, "FACTORY_SOMETHING": "1"}, "exit-3")
     report = _report(proc)
     _, err = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 3
     assert not report["preloaded"] and report["pid"] == proc.pid
     assert "not preloaded (its environment sets FACTORY_SOMETHING otherwise): starting cold" in err
 
-    proc = _task(starter, "exit-3", step="start")  # before the imports could be done
+    proc = _task(preloader, "exit-3", step="start")  # before the imports could be done
     report = _report(proc)
     _, err = proc.communicate(timeout=WAIT_S)
     assert not report["preloaded"] and not report["torch_imported"]

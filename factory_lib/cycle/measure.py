@@ -140,10 +140,10 @@ def measure_in_train(
     Metaflow's, loading the plan, imports, the data), and when the other groups' re-trainings,
     in vain but for one group, cost no more than the measure tasks' start-ups; None otherwise,
     and the gate lists the jobs as before. They run side by side here too, on the cores the
-    other train tasks leave. Not done either when another
-    group's best, posted on `bests` as its task finished, has already beaten this one; while
-    other groups still train, the re-trainings run below their priority and stop (None) once
-    one of them posts a better best."""
+    other train tasks leave. Not done either when another group's best, posted on `bests` as
+    its task finished, has already beaten this one; while other groups still train, the
+    re-trainings run below their priority and stop (None) once one of them posts a better
+    best."""
     objective = plan.objective
     k = objective.promotion.seeds
     if k < 2 or not outputs:
