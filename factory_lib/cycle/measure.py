@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from multiprocessing.connection import Connection, wait
@@ -33,6 +32,7 @@ from factory_lib.records import TrialRecord
 from factory_lib.registry import Exports, ModelPackage
 from factory_lib.registry.card import ExportSummary
 from factory_lib.registry.gate import challenger_of, challenger_rank
+from factory_lib.runs.env import machine_scratch
 
 if TYPE_CHECKING:
     from factory_lib.train.trial import TrialOutput
@@ -79,9 +79,7 @@ class GroupBests:
     @classmethod
     def of(cls, run_pathspec: str, own: int = 0) -> GroupBests:
         # run ids are unique within a datastore (the local one's are microsecond timestamps)
-        user = os.getuid() if hasattr(os, "getuid") else "user"
-        run = run_pathspec.replace("/", "-")
-        return cls(Path(tempfile.gettempdir()) / f"factory-{user}" / run, own)
+        return cls(machine_scratch() / run_pathspec.replace("/", "-"), own)
 
     def post(self, best: TrialRecord) -> None:
         entry = {"trial_id": best.trial_id, "key": challenger_rank(best)}

@@ -128,7 +128,7 @@ def local_worker_default(argv: Sequence[str]) -> None:
     docs/benchmarks.md). `--max-workers` or METAFLOW_RUN_MAX_WORKERS still decide; runs that
     send tasks elsewhere (`--with batch`, `kubernetes`) keep Metaflow's default.
     """
-    if not any(("batch" in a or "kubernetes" in a) for a in argv):
+    if not sends_tasks_elsewhere(argv):
         workers = str(os.cpu_count() or 1)
         os.environ.setdefault("METAFLOW_RUN_MAX_WORKERS", workers)
         os.environ.setdefault("METAFLOW_RESUME_MAX_WORKERS", workers)
@@ -174,12 +174,47 @@ def datastore_problem(argv: Sequence[str]) -> str | None:
 
 def _option(argv: Sequence[str], name: str) -> str | None:
     """The value of a top-level option given as `--name value` or `--name=value`."""
+    return next(iter(option_values(argv, name)), None)
+
+
+def option_values(argv: Sequence[str], name: str) -> list[str]:
+    """Every value of an option given as `name value` or `name=value` (`--with` may repeat; a
+    task's `step <name>`), in order."""
+    values = []
     for i, arg in enumerate(argv):
         if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(f"{name}="):
-            return arg.split("=", 1)[1]
-    return None
+            values.append(argv[i + 1])
+        elif arg.startswith(f"{name}="):
+            values.append(arg.split("=", 1)[1])
+    return values
+
+
+# `--with` decorators that run a run's tasks on other machines.
+REMOTE_DECORATORS = frozenset({"batch", "kubernetes"})
+
+
+def sends_tasks_elsewhere(argv: Sequence[str]) -> bool:
+    """Whether the command runs its tasks on other machines: `--with batch[:...]` or
+    `--with kubernetes[:...]`."""
+    return any(d.split(":")[0] in REMOTE_DECORATORS for d in option_values(argv, "--with"))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def machine_scratch() -> Path:
+    """This user's folder in the machine's temp directory, which a local run's processes
+    share (not created here)."""
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"factory-{user}"
 
 
 # Linux's count of processes its out-of-memory killer has killed since boot.

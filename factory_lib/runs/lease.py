@@ -48,7 +48,7 @@ from factory_lib.runs.client import (
     newest_cycle,
     objective_tag,
 )
-from factory_lib.runs.env import user_name
+from factory_lib.runs.env import process_alive, user_name
 
 LEASE_DIR = "_leases"
 # Set to 1: the start step takes the lease over from whoever holds it (the holder is named).
@@ -263,16 +263,6 @@ def lease_ttl_s(objective: Objective) -> float:
     ) * budget.trial_timeout_s + LEASE_MARGIN_S
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 def run_known_finished(pathspec: str) -> str | None:
     """Why Metaflow says a run no longer runs (finished, or unknown), or None."""
     from metaflow.client.core import Run
@@ -295,7 +285,7 @@ def stale_reason(
     """Why a lease no longer protects a running cycle, or None while it does."""
     if now >= lease.expires_at:
         return f"it expired at {lease.expires_at.strftime(_TIME)}"
-    if lease.host == host and not _alive(lease.pid):
+    if lease.host == host and not process_alive(lease.pid):
         return f"its runtime (pid {lease.pid} on {host}) is gone"
     return run_finished(lease.run)
 

@@ -25,7 +25,7 @@ or Kubernetes, a run with FACTORY_PRELOAD=0, a machine with an NVIDIA device, wh
 driver must not be set up before a fork), where it could not start, and where the task's
 interpreter or environment is not the one the preloader imported with (a step with its own
 @environment variables or @conda environment): a cold start is the fallback, never an error.
-This module imports only the standard library: a relay imports nothing else.
+This module imports only the standard library and `runs.env`: a relay imports nothing else.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -50,6 +49,13 @@ from glob import glob
 from importlib import import_module
 from pathlib import Path
 from typing import NoReturn
+
+from factory_lib.runs.env import (
+    machine_scratch,
+    option_values,
+    process_alive,
+    sends_tasks_elsewhere,
+)
 
 # Set in a run's environment, so its tasks inherit it: the preloader's socket.
 SOCKET_VARIABLE = "FACTORY_PRELOAD_SOCKET"
@@ -78,39 +84,30 @@ _STREAMS = 3  # stdin, stdout, stderr
 PER_TASK_PREFIXES = ("OTEL_", "TRACEPARENT")
 # Signals a relay passes on to its task (SIGKILL cannot be caught: the task sees the relay go).
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
-# `--with` decorators that run the tasks on other machines.
-REMOTE = frozenset({"batch", "kubernetes"})
+
+
+def _switch() -> str:
+    return os.environ.get(SWITCH_VARIABLE, "1").strip().lower()
 
 
 def switch_problem() -> str | None:
     """What is wrong with FACTORY_PRELOAD, if it is set to neither on nor off."""
-    value = os.environ.get(SWITCH_VARIABLE)
-    if value is None or value.strip().lower() in SWITCH_VALUES:
+    if _switch() in SWITCH_VALUES:
         return None
     return (
-        f"{SWITCH_VARIABLE}={value!r} is neither on nor off: 1 preloads a local run's tasks "
-        "(the default), 0 starts each of them cold"
+        f"{SWITCH_VARIABLE}={os.environ[SWITCH_VARIABLE]!r} is neither on nor off: 1 preloads "
+        "a local run's tasks (the default), 0 starts each of them cold"
     )
 
 
 def wanted(argv: Sequence[str]) -> bool:
     """Whether this command should start a preloader: a local `run` or `resume` on a machine
     without an NVIDIA device, unless FACTORY_PRELOAD=0."""
-    if not SWITCH_VALUES.get(os.environ.get(SWITCH_VARIABLE, "1").strip().lower(), True):
+    if not SWITCH_VALUES.get(_switch(), True) or "step" in argv:
         return False
-    if "step" in argv:
+    if not {"run", "resume"} & set(argv) or sends_tasks_elsewhere(argv):
         return False
-    if not {"run", "resume"} & set(argv):
-        return False
-    if REMOTE & {d.split(":")[0] for d in _decorators(argv)}:
-        return False  # its tasks run elsewhere
     return sys.platform == "linux" and not glob("/dev/nvidia[0-9]*")
-
-
-def _decorators(argv: Sequence[str]) -> list[str]:
-    """What `--with X` and `--with=X` add to a command, e.g. "batch:gpu=1"."""
-    after = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--with"]
-    return after + [arg.split("=", 1)[1] for arg in argv if arg.startswith("--with=")]
 
 
 def start_preloader(argv: Sequence[str]) -> Path | None:
@@ -121,7 +118,7 @@ def start_preloader(argv: Sequence[str]) -> Path | None:
     """
     if not wanted(argv):
         return None
-    folder = Path(tempfile.gettempdir()) / f"factory-{os.getuid()}"
+    folder = machine_scratch()
     path = folder / f"preload-{os.getpid()}.sock"
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         return None
@@ -145,7 +142,7 @@ def _remove_stale(folder: Path) -> None:
     the process group, a machine's reboot): a run's socket is named after its pid."""
     for stale in folder.glob("preload-*.sock*"):
         pid = stale.name.removeprefix("preload-").split(".")[0]
-        if pid.isdigit() and not _exists(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             stale.unlink(missing_ok=True)
 
 
@@ -175,8 +172,8 @@ def hand_over(argv: Sequence[str], started: float, cold: Sequence[str] = ("start
     when the preloader turns it down or does not answer, return: the task starts cold.
     `started`: when this process began (`task_started`), which the task reports as its own."""
     path = os.environ.get(SOCKET_VARIABLE)
-    step = _step_of(argv)
-    if not path or step is None or step in cold:
+    steps = option_values(argv, "step")
+    if not path or not steps or steps[0] in cold:
         return
     if CHILD_VARIABLE in os.environ:
         return  # the task the preloader started, or a process that task started
@@ -216,14 +213,6 @@ def _spawned_worker() -> bool:
     return multiprocessing is not None and multiprocessing.parent_process() is not None
 
 
-def _step_of(argv: Sequence[str]) -> str | None:
-    """The step a task's command line runs (`... step <name> ...`), else None."""
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "step":
-            return argv[i + 1]
-    return None
-
-
 def _error_of(path: str) -> str:
     error = Path(f"{path}.error")
     if not error.is_file():
@@ -259,7 +248,7 @@ def _relay(conn: socket.socket, child: int) -> NoReturn:
         signal.signal(signum, forward)
     status = _read_line(conn)
     if status is None:  # the preloader is gone: wait for the task, whose status is lost
-        while _exists(child):
+        while process_alive(child):
             select.select([], [], [], POLL_S)
         print("the preloader ended before this task: its exit status is lost", file=sys.stderr)
         os._exit(1)
@@ -271,16 +260,6 @@ def _relay(conn: socket.socket, child: int) -> NoReturn:
         os.kill(os.getpid(), -code)
         os._exit(128 - code)  # a signal that does not end a process by default, as a shell says
     os._exit(code)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def serve(path: Path, run: int) -> None:
